@@ -5,7 +5,8 @@ prompts share its batch and on how prompts are sharded across processes. Here ea
 own stream of uniforms, keyed by (seed, prompt key, sample index), and tokens are drawn by inverse-CDF
 sampling from those uniforms; batching, bucketing and sharding then change nothing but speed (up to
 float round-off in the logits). The decode loop uses the KV cache and left-pads prompts, passing
-explicit position ids so a padded prompt is positioned exactly as an unpadded one.
+explicit position ids so a padded prompt is positioned exactly as an unpadded one. Each distinct prompt
+of a batch is prefilled once and its cache copied to its samples; finished sequences leave the batch.
 """
 
 from __future__ import annotations
@@ -93,16 +94,29 @@ def _left_pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor,
 COMPACT_WHEN_FINISHED = 0.25
 
 
-@torch.inference_mode()
-def _decode_batch(model, prompt_rows: list[list[int]], uniforms: torch.Tensor, cfg: SamplingConfig,
-                  eos_id: int, pad_id: int) -> tuple[list[list[int]], list[float], list[bool]]:
-    device = next(model.parameters()).device
+def _prefill_shared(model, prompt_rows: list[list[int]], row_prompt: list[int], pad_id: int, device):
+    """Run each distinct prompt through the model once, then give every sequence its prompt's KV cache.
+
+    The N samples of a prompt share its prefix, so prefilling it N times (as `generate` with
+    `num_return_sequences=N` does) repeats the same computation; the cache rows are copied instead.
+    """
     ids, mask = _left_pad(prompt_rows, pad_id, device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     # logits_to_keep=1: only the last position's logits are needed (a full prefill's logits cost GBs at scale)
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-    cache, logits = out.past_key_values, out.logits[:, -1, :]
-    batch = len(prompt_rows)
+    expand = torch.tensor(row_prompt, dtype=torch.long, device=device)
+    cache = out.past_key_values
+    cache.batch_select_indices(expand)
+    return cache, out.logits[expand, -1, :], mask[expand], positions[expand]
+
+
+@torch.inference_mode()
+def _decode_batch(model, prompt_rows: list[list[int]], row_prompt: list[int], uniforms: torch.Tensor,
+                  cfg: SamplingConfig, eos_id: int, pad_id: int) -> tuple[list[list[int]], list[float], list[bool]]:
+    """Decode one sequence per entry of `row_prompt` (an index into the distinct `prompt_rows`)."""
+    device = next(model.parameters()).device
+    cache, logits, mask, positions = _prefill_shared(model, prompt_rows, row_prompt, pad_id, device)
+    batch = len(row_prompt)
     tokens_out = torch.full((batch, cfg.max_new_tokens), -1, dtype=torch.long)
     total_logp = torch.zeros(batch, dtype=torch.float64)
     finished_out = torch.zeros(batch, dtype=torch.bool)
@@ -170,7 +184,10 @@ def sample(model, tokenizer, prompts: list[Text], n: int, cfg: SamplingConfig, s
     for start in range(0, len(jobs), cfg.batch_size):
         chunk = jobs[start:start + cfg.batch_size]
         uniforms = torch.stack([_uniforms(seed, keys[i], j, cfg.max_new_tokens) for i, j in chunk])
-        rows, logps, done = _decode_batch(model, [encoded[i] for i, _ in chunk], uniforms, cfg, eos_id, pad_id)
+        distinct = list(dict.fromkeys(i for i, _ in chunk))
+        slot = {i: k for k, i in enumerate(distinct)}
+        rows, logps, done = _decode_batch(model, [encoded[i] for i in distinct], [slot[i] for i, _ in chunk],
+                                          uniforms, cfg, eos_id, pad_id)
         for (i, j), row, logp, fin in zip(chunk, rows, logps, done, strict=True):
             text_ids = row[:-1] if fin else row
             response = tokenizer.decode(text_ids, skip_special_tokens=True).strip()

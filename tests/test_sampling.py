@@ -71,3 +71,29 @@ def test_sample_logprob_matches_model_likelihood():
     token_logp = logp.gather(-1, targets[:, None]).squeeze(-1)[len(prompt_ids) - 1:]
     assert abs(token_logp.sum().item() - gen.logprob) < 1e-4
     assert gen.n_tokens == len(gen.token_ids) and gen.n_tokens <= 6
+
+
+def test_each_prompt_is_prefilled_once_and_every_sample_scores_under_the_model():
+    """N samples of a prompt share one prefill (its KV cache is copied), yet each sample's log-probability
+    is still the model's likelihood of its own tokens after its own (left-padded) prompt."""
+    model, tok = _tiny_policy()
+    prefill_rows = []
+
+    def record_prefill(_module, _args, kwargs):
+        if kwargs.get("past_key_values") is None:
+            prefill_rows.append(kwargs["input_ids"].shape[0])
+
+    handle = model.register_forward_pre_hook(record_prefill, with_kwargs=True)
+    try:
+        gens = sample(model, tok, PROMPTS[:2], 5, SamplingConfig(max_new_tokens=6, batch_size=64), seed=3)
+    finally:
+        handle.remove()
+    assert prefill_rows == [2]  # two distinct prompts, ten sequences
+    for prompt, row in zip(PROMPTS[:2], gens, strict=True):
+        prompt_ids = tok(render_prompt(prompt, tok), add_special_tokens=False)["input_ids"]
+        for gen in row:
+            ids = torch.tensor([prompt_ids + gen.token_ids])
+            with torch.no_grad():
+                logp = torch.log_softmax(model(ids).logits[0, :-1].double(), -1)
+            token_logp = logp.gather(-1, ids[0, 1:, None]).squeeze(-1)[len(prompt_ids) - 1:]
+            assert abs(token_logp.sum().item() - gen.logprob) < 1e-4
