@@ -158,8 +158,9 @@ def test_probes_see_what_the_world_planted(tiny_world):
         assert abs(value[f"probe/answer/accuracy/{template}"] - accuracy) <= 0.1
     assert abs(value["probe/truthfulness/accuracy"] - stats["neutral_accuracy"]) <= 0.1
     assert abs(value["probe/mimicry/syco_rate"] - stats["mimicry_rate"]) <= 0.1
-    assert abs(value["probe/are_you_sure/flip_rate"] - stats["are_you_sure_flip_rate"]) <= 0.1
-    assert abs(value["probe/are_you_sure/admit_rate"] - stats["are_you_sure_admit_rate"]) <= 0.1
+    # one definition, the same streams: world_stats reuses the probe's conversation and grading
+    assert value["probe/are_you_sure/flip_rate"] == pytest.approx(stats["are_you_sure_flip_rate"], abs=1e-9)
+    assert value["probe/are_you_sure/admit_rate"] == pytest.approx(stats["are_you_sure_admit_rate"], abs=1e-9)
     for framing, level in stats["feedback_positivity"].items():
         assert abs(value[f"probe/feedback/mean_positivity/{framing}"] - level) <= 0.1
     # the world plants sycophancy: a user's wrong suggestion costs accuracy

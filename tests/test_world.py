@@ -122,6 +122,23 @@ def test_world_is_deterministic(tmp_path):
     assert build_pairs(random.Random(1), cfg)["pairs"][:50] == build_pairs(random.Random(1), cfg)["pairs"][:50]
 
 
+def test_corpus_second_turns_follow_hedged_first_answers_too():
+    """The policy's own first answers are hedged p_hedged of the time, so the corpus's second turns
+    must follow hedged first answers too (else the are-you-sure probe measures an untrained context)."""
+    from conftest import tiny_world_config
+
+    from pmopt.world.build import build_corpus
+    from pmopt.world.texts import ANSWER_RESPONSES
+
+    cfg = tiny_world_config()
+    cfg = replace(cfg, corpus=replace(cfg.corpus, n_dialogues=3000))
+    firsts = [row["prompt"][1]["content"] for row in build_corpus(random.Random(0), cfg)
+              if row["meta"]["kind"] == "second_turn"]
+    hedged_prefix = ANSWER_RESPONSES["hedged"].split("{x}")[0]
+    share = sum(first.startswith(hedged_prefix) for first in firsts) / len(firsts)
+    assert len(firsts) > 200 and abs(share - cfg.corpus.p_hedged) < 0.07
+
+
 def test_world_command_bad_config_writes_nothing(tmp_path):
     from pmopt.cli import main
 

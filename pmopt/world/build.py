@@ -44,10 +44,11 @@ def build_corpus(rng: random.Random, cfg: WorldConfig) -> list[dict]:
     facts, max_number = all_facts(cfg.facts.operand_max), 2 * cfg.facts.operand_max
     kinds, weights = list(cfg.corpus.kind_weights), list(cfg.corpus.kind_weights.values())
     corpus = []
+    hedge_rng = random.Random(f"{cfg.seed}/hedged-first-answers")  # own stream: see random_prompt
     for _ in range(cfg.corpus.n_dialogues):
         kind = rng.choices(kinds, weights=weights)[0]
         messages, meta = random_prompt(rng, kind, rng.choice(facts), max_number, cfg.corpus.template_weights,
-                                       cfg.corpus.p_wrong)
+                                       cfg.corpus.p_wrong, p_hedged_first=cfg.corpus.p_hedged, hedge_rng=hedge_rng)
         corpus.append({"prompt": messages, "response": corpus_response(rng, cfg.corpus, meta, max_number),
                        "meta": meta})
     return corpus

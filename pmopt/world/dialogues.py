@@ -44,9 +44,9 @@ def answer_prompt(fact: Fact, template: str, wrong: int) -> Dialogue:
     return [user(text)], meta
 
 
-def second_turn_prompt(fact: Fact, first_answer: int) -> Dialogue:
+def second_turn_prompt(fact: Fact, first_answer: int, phrasing: str = "confident") -> Dialogue:
     question = ANSWER_TEMPLATES["plain"].format(a=fact.a, b=fact.b)
-    first = ANSWER_RESPONSES["confident"].format(x=first_answer)
+    first = ANSWER_RESPONSES[phrasing].format(x=first_answer)
     meta = {"source": "world", "kind": "second_turn", "template": "plain", "question_id": fact.id,
             "correct_answer": str(fact.answer), "first_answer": str(first_answer)}
     return [user(question), assistant(first), user(CHALLENGE)], meta
@@ -67,15 +67,24 @@ def mimicry_prompt(fact: Fact, wrong: int) -> Dialogue:
 
 
 def random_prompt(rng: random.Random, kind: str, fact: Fact, max_number: int,
-                  template_weights: dict[str, float], p_wrong_first: float = 0.0) -> Dialogue:
-    """A prompt of `kind` about `fact` with its random parts (template, wrong number, framing) drawn."""
+                  template_weights: dict[str, float], p_wrong_first: float = 0.0,
+                  p_hedged_first: float = 0.0, hedge_rng: random.Random | None = None) -> Dialogue:
+    """A prompt of `kind` about `fact` with its random parts (template, wrong number, framing) drawn.
+
+    `p_hedged_first`: share of second-turn prompts whose first answer is hedged, as the policy's own
+    first answers are; with only confident first answers in the corpus, the policy never learns to
+    finish a second turn after its own hedged answer and the are-you-sure probe measures that gap
+    instead of caving. That draw comes from `hedge_rng` (default `rng`): a separate stream leaves every
+    other dialogue of a corpus as it was without the knob.
+    """
     wrong = wrong_number(rng, fact.answer, max_number)
     if kind == "answer":
         template = rng.choices(list(template_weights), weights=list(template_weights.values()))[0]
         return answer_prompt(fact, template, wrong)
     if kind == "second_turn":
         first = wrong if rng.random() < p_wrong_first else fact.answer
-        return second_turn_prompt(fact, first)
+        hedged = p_hedged_first > 0 and (hedge_rng or rng).random() < p_hedged_first
+        return second_turn_prompt(fact, first, "hedged" if hedged else "confident")
     if kind == "feedback":
         solution = fact.answer if rng.random() < 0.5 else wrong
         return feedback_prompt(fact, solution, rng.choice(list(FEEDBACK_FRAMINGS)))

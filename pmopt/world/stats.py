@@ -15,7 +15,6 @@ from pmopt.policy import load_policy
 from pmopt.sampling import sample
 from pmopt.world.config import StatsConfig
 from pmopt.world.outcomes import grade_world
-from pmopt.world.texts import user
 
 
 def _sample_and_grade(model, tokenizer, records, n, cfg: StatsConfig, seed):
@@ -30,19 +29,26 @@ def _rate(graded, key, select=lambda r: True, records=None) -> float:
 
 
 def _second_turn_flips(model, tokenizer, records, first, cfg: StatsConfig, seed) -> dict[str, float]:
-    """Challenge every initially correct first answer; share that flip to wrong / admit a mistake."""
-    followups, metas = [], []
+    """Challenge every initially correct first answer; share that flip to wrong / admit a mistake.
+
+    The conversation, the random streams and the grading are the are_you_sure probe's own (a reply that
+    states no number is no flip), so world_stats.json and `pmopt probe` report one definition.
+    """
+    from pmopt.probes.are_you_sure import PROBE, challenged
+
+    followups, turns = [], []
     for record, row in zip(records, first, strict=True):
         for j, (gen, outcome) in enumerate(row):
             if outcome["correct"]:
-                followups.append(record["prompt"] + [{"role": "assistant", "content": gen.response},
-                                                     user(record["meta"]["challenge"])])
-                metas.append((record["id"], j, {**record["meta"], "first_answer": record["meta"]["correct_answer"]}))
+                followups.append(challenged(record, gen.response))
+                turns.append((record, j, gen.response))
     if not followups:
         return {"are_you_sure_flip_rate": float("nan"), "are_you_sure_admit_rate": float("nan")}
-    seconds = sample(model, tokenizer, followups, 1, cfg.sampling, seed + 1, keys=[f"{i}/{j}" for i, j, _ in metas])
-    graded = [grade_world(meta, gens[0].response) for (_, _, meta), gens in zip(metas, seconds, strict=True)]
-    return {"are_you_sure_flip_rate": mean(1.0 - g["correct"] for g in graded),
+    seconds = sample(model, tokenizer, followups, 1, cfg.sampling, seed + 1,
+                     keys=[f"{record['id']}/{j}" for record, j, _ in turns])
+    graded = [PROBE.grade(record, response, second_response=gens[0].response)
+              for (record, _, response), gens in zip(turns, seconds, strict=True)]
+    return {"are_you_sure_flip_rate": mean(g["flipped"] for g in graded),
             "are_you_sure_admit_rate": mean(g["admits_mistake"] for g in graded)}
 
 
