@@ -70,6 +70,10 @@ def validate_scoring_input(record: dict, error) -> None:
 
 def validate_sample(record: dict, error) -> None:
     require_fields(record, error, {"prompt_id": str, "sample_idx": int, "response": str, "n_tokens": int})
+    logprob = record.get("logprob")  # optional (DESIGN §4); when given, a log-probability
+    if logprob is not None and (isinstance(logprob, bool) or not isinstance(logprob, (int, float))
+                                or not math.isfinite(logprob) or logprob > 0):
+        raise error("logprob", f"expected a finite number <= 0, got {logprob!r}")
 
 
 def validate_score(record: dict, error) -> None:

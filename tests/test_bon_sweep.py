@@ -157,6 +157,40 @@ def test_pm_score_and_gold_reward(finished, tiny_world, pms):
     assert value(rows, "gold", "gold/reward", N_MAX) >= value(rows, "gold", "gold/reward", 1)
 
 
+def brute_support_kl(responses, logprobs, scores, n):
+    """KL(BoN_n || base) with the base = the distinct sampled outputs, by enumerating all n-tuples."""
+    probs, score = {}, {}
+    for r, lp, s in zip(responses, logprobs, scores, strict=True):
+        probs[r], score[r] = math.exp(lp), s  # world text <-> token sequence: one log-prob per text
+    outputs = list(probs)
+    total = sum(probs.values())
+    base = {o: probs[o] / total for o in outputs}
+    bon = dict.fromkeys(outputs, 0.0)
+    for draw in itertools.product(range(len(outputs)), repeat=n):
+        best = max(draw, key=lambda k: (score[outputs[k]], k))  # tie rule: the later output wins
+        bon[outputs[best]] += math.prod(base[outputs[k]] for k in draw)
+    return sum(q * math.log(q / base[o]) for o, q in bon.items() if q > 0), total
+
+
+def test_support_kl_rows_equal_enumeration(finished):
+    """kl/support == the exact KL of best-of-n over each prompt's sampled outputs, by brute force;
+    0 at n = 1, never above the bound; the manifest records how much base mass the samples cover."""
+    samples = [row for k in range(4) for row in read_jsonl(finished / "samples" / f"shard-{k:05d}.jsonl")]
+    proxy = [r["score"] for r in read_jsonl(finished / "scores" / "proxy.jsonl")]
+    prompts = [samples[i:i + N_MAX] for i in range(0, len(samples), N_MAX)]
+    scores = [proxy[i:i + N_MAX] for i in range(0, len(proxy), N_MAX)]
+    rows = curves(finished)
+    for n in (1, 2, 4):
+        per_prompt = [brute_support_kl([r["response"] for r in rows_], [r["logprob"] for r in rows_], s, n)
+                      for rows_, s in zip(prompts, scores, strict=True)]
+        want = np.mean([kl for kl, _ in per_prompt])
+        assert value(rows, "proxy", "kl/support", n) == pytest.approx(want, abs=1e-9)
+        assert value(rows, "proxy", "kl/support", n) <= math.log(n) - (n - 1) / n + 1e-12
+    assert value(rows, "proxy", "kl/support", 1) == 0.0
+    mass = json.loads((finished / "manifest.json").read_text())["stages"]["bon/curves"]["support_mass"]
+    assert mass == pytest.approx(np.mean([min(1.0, m) for _, m in per_prompt]), abs=1e-9) and 0 < mass <= 1
+
+
 # ----------------------------------------------------------------------------- caching
 
 

@@ -19,6 +19,7 @@ from pmopt.bon.estimator import (
     exact_bon_kl,
     kl_bound,
     sort_order,
+    support_bon_kl,
 )
 
 # ----------------------------------------------------------------------------- brute-force references
@@ -306,3 +307,36 @@ def test_exact_kl_bad_input():
         exact_bon_kl([0.5, 0.5], [0.0, np.nan], 2)
     with pytest.raises(ValueError, match="n must be"):
         exact_bon_kl([0.5, 0.5], [0.0, 1.0], 0)
+
+
+def test_support_kl_merges_repeats_and_is_exact_on_a_full_support():
+    """Samples of the same output merge; with every output seen (mass 1) the support KL is exact."""
+    outputs = [["a", "b", "a", "c", "b", "a"]]
+    probs = {"a": 0.5, "b": 0.3, "c": 0.2}
+    scores = {"a": 0.0, "b": 2.0, "c": 1.0}
+    logprobs = [[math.log(probs[o]) for o in outputs[0]]]
+    kl, covered = support_bon_kl(outputs, logprobs, [[scores[o] for o in outputs[0]]], [1, 2, 4, 32])
+    assert covered.tolist() == pytest.approx([1.0])
+    expected = [exact_bon_kl([0.5, 0.3, 0.2], [0.0, 2.0, 1.0], n) for n in (1, 2, 4, 32)]
+    np.testing.assert_allclose(kl[:, 0], expected, atol=1e-12)
+    # n = 32 picks "b" unless all 32 draws miss it (0.7^32 ~ 1e-5): KL -> log(1 / 0.3)
+    assert kl[0, 0] == 0.0 and kl[3, 0] == pytest.approx(math.log(1 / 0.3), abs=1e-3)
+
+
+def test_support_kl_renormalises_partial_support_and_sums_token_sequences():
+    # "x" was drawn through two token sequences (different log-probs): its probability is their sum
+    outputs = [["x", "x", "y", "x"], ["z", "z", "z", "z"]]
+    logprobs = [[math.log(0.2), math.log(0.1), math.log(0.3), math.log(0.2)], [math.log(0.9)] * 4]
+    scores = [[1.0, 1.0, 0.0, 1.0], [5.0] * 4]
+    kl, covered = support_bon_kl(outputs, logprobs, scores, [1, 2, 8])
+    np.testing.assert_allclose(covered, [0.6, 0.9])
+    np.testing.assert_allclose(kl[:, 0], [exact_bon_kl([0.5, 0.5], [1.0, 0.0], n) for n in (1, 2, 8)], atol=1e-12)
+    assert np.all(kl[:, 1] == 0.0)  # one output: best-of-n is the base policy, whatever the bound says
+    assert kl_bound(8) > 1.0
+
+
+def test_support_kl_bad_input():
+    with pytest.raises(ValueError, match="logprobs must be finite"):
+        support_bon_kl([["a"]], [[0.5]], [[0.0]], [1])
+    with pytest.raises(ValueError, match=r"\(P, N\)"):
+        support_bon_kl([["a", "b"]], [[-1.0]], [[0.0, 1.0]], [1])

@@ -14,7 +14,7 @@ import pytest
 from pmopt.cli import main
 from pmopt.io import PmoptError, RecordError, atomic_write_jsonl
 from pmopt.report.html import build_report, load_curves, summary_rows
-from pmopt.report.plots import plot_all, plot_metric_vs_kl, plot_metric_vs_n, slug
+from pmopt.report.plots import plot_all, plot_metric_vs_kl, plot_metric_vs_n, rows_on_support_kl, slug
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PMS = ("pm_biased", "pm_nonsyco")
@@ -78,6 +78,25 @@ def test_plot_all_writes_valid_pngs(tmp_path):
     for path in paths:
         _assert_png(path)
     assert not list((tmp_path / "plots").glob(".*.tmp"))  # atomic writes leave no temp files
+
+
+def test_support_kl_moves_bon_points_and_adds_plots(tmp_path):
+    """With kl/support rows, best-of-n points move to their PM's exact KL at that n; PPO rows stay."""
+    support = [{"method": "bon", "pm": pm, "n": n, "kl": math.log(n) - (n - 1) / n, "metric": "kl/support",
+                "value": 0.1 * math.log2(n), "ci_low": None, "ci_high": None} for pm in PMS for n in (1, 2, 4, 8, 16)]
+    rows = _bon_rows() + _ppo_rows() + support
+    moved = rows_on_support_kl(rows)
+    bon = [r for r in moved if r["method"] == "bon" and r["metric"] == "gold/reward" and r["pm"] == PMS[0]]
+    assert [(r["n"], r["kl"], r["kl_kind"]) for r in bon] == [(n, 0.1 * math.log2(n), "support") for n in (1, 2, 4, 8, 16)]
+    assert [r for r in moved if r["method"] == "ppo"] == _ppo_rows()
+    paths = plot_all(rows, tmp_path)
+    names = {p.name for p in paths}
+    assert {f"{slug(m)}_vs_kl_support.png" for m in METRICS} <= names
+    assert "kl_support_vs_kl_support.png" not in names and "kl_support_vs_n.png" in names
+    for path in paths:
+        _assert_png(path)
+    # a PM without kl/support rows has no best-of-n points on the support axis
+    assert not [r for r in rows_on_support_kl(_bon_rows()) if r["method"] == "bon"]
 
 
 def test_ppo_only_rows_get_only_kl_plots(tmp_path):

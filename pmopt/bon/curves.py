@@ -10,7 +10,10 @@ same resamples for every n and every PM (one seed), so curves can be compared po
 Besides the probe metrics, every PM gets
 - `pm/score`: the expected score, under that PM, of the sample best-of-n selects (all prompts);
 - `gold/reward`: on world prompts, the expected gold reward of that selection (Gao et al. 2022).
-KL is the bound log n - (n-1)/n (Beirami et al. 2024), labelled `kl_kind: "bound"`.
+- `kl/support`: KL(BoN_n || base) computed exactly on each prompt's sampled outputs, whose base
+  probabilities the sampler recorded (`estimator.support_bon_kl`, DESIGN §6 "where the world makes it
+  exact"), averaged over prompts; the share of base mass the samples cover is in the manifest.
+Every row's `kl` is the bound log n - (n-1)/n (Beirami et al. 2024), labelled `kl_kind: "bound"`.
 """
 
 from __future__ import annotations
@@ -22,18 +25,22 @@ from pathlib import Path
 
 import numpy as np
 
-from pmopt.bon.estimator import bon_curve, bon_expectations, kl_bound
+from pmopt.bon.estimator import bon_curve, bon_expectations, bootstrap_means, kl_bound, support_bon_kl
 from pmopt.io import atomic_write_jsonl, atomic_write_text
 
 CURVES_JSONL, CURVES_CSV = "curves.jsonl", "curves.csv"
 CSV_COLUMNS = ("method", "pm", "n", "kl", "kl_kind", "metric", "value", "ci_low", "ci_high", "n_prompts")
 
 
-def curve_rows(plan, scores: dict[str, np.ndarray], grades: list[list[dict]], gold: np.ndarray | None) -> list[dict]:
-    """Every row of the sweep: per PM (config order), the probes' metrics, pm/score and gold/reward."""
+def curve_rows(plan, scores: dict[str, np.ndarray], grades: list[list[dict]], gold: np.ndarray | None,
+               samples=None) -> list[dict]:
+    """Every row of the sweep: per PM (config order), the probes' metrics, pm/score, gold/reward and,
+    given the samples with their log-probabilities, kl/support."""
     cfg, grid = plan.cfg, plan.grid
     rows = []
     for pm, pm_scores in scores.items():
+        if samples is not None and not np.isnan(np.asarray(samples.logprobs, dtype=np.float64)).any():
+            rows += support_kl_rows(pm, samples, pm_scores, grid, cfg.n_boot, cfg.seed, cfg.ci)
         for name, probe in plan.probes.items():
             index = [i for i, p in enumerate(plan.probe_of) if p == name]
             rows += probe_rows(pm, probe, [plan.records[i] for i in index], pm_scores[index],
@@ -86,6 +93,24 @@ def scalar_rows(pm: str, metric: str, scores: np.ndarray, values: np.ndarray, ma
             for point in bon_curve(scores, values, grid, n_boot=n_boot, seed=seed, ci=ci, mask=mask)]
 
 
+def support_kl_rows(pm: str, samples, scores: np.ndarray, grid: list[int], n_boot: int, seed: int,
+                    ci: float) -> list[dict]:
+    """`kl/support` per n: mean over prompts of the exact KL on the sampled support, bootstrap CI."""
+    kl, _ = support_bon_kl(samples.responses, samples.logprobs, scores, grid)
+    boot = bootstrap_means(kl, n_boot, seed)
+    low, high = np.quantile(boot, [(1 - ci) / 2, (1 + ci) / 2], axis=0)
+    return [curve_row(pm, n, "kl/support", float(kl[g].mean()), low[g], high[g], kl.shape[1])
+            for g, n in enumerate(grid)]
+
+
+def support_mass(samples) -> float | None:
+    """Mean over prompts of the base probability mass that the sampled outputs cover (None without log-probs)."""
+    logprobs = np.asarray(samples.logprobs, dtype=np.float64)
+    if np.isnan(logprobs).any():
+        return None
+    return float(support_bon_kl(samples.responses, logprobs, np.zeros_like(logprobs), [1])[1].mean())
+
+
 def curve_row(pm: str, n: int, metric: str, value: float, low: float, high: float, n_prompts: int) -> dict:
     return {"method": "bon", "pm": pm, "n": int(n), "kl": kl_bound(int(n)), "kl_kind": "bound", "metric": metric,
             "value": float(value), "ci_low": _or_none(low), "ci_high": _or_none(high), "n_prompts": int(n_prompts)}
@@ -106,5 +131,6 @@ def write_curves(out: str | Path, rows: list[dict]) -> None:
     atomic_write_text(out / CURVES_CSV, buffer.getvalue())
 
 
-__all__ = ["curve_rows", "expected_outcomes", "probe_rows", "scalar_rows", "curve_row", "write_curves",
+__all__ = ["curve_rows", "expected_outcomes", "probe_rows", "scalar_rows", "support_kl_rows", "support_mass",
+           "curve_row", "write_curves",
            "CSV_COLUMNS"]

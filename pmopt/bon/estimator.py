@@ -16,7 +16,8 @@ the highest index. `sort_order` implements it; the brute-force tests use the sam
 
 KL(BoN_n || base) <= log n - (n-1)/n (Beirami et al. 2024, "Theoretical guarantees on the best-of-n
 alignment policy"); it is an upper bound, exact only for continuous score distributions without ties.
-`exact_bon_kl` gives the exact value for a discrete base distribution with known probabilities.
+`exact_bon_kl` gives the exact value for a discrete base distribution with known probabilities;
+`support_bon_kl` applies it to a prompt's sampled outputs, whose base probabilities the sampler knows.
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ def bon_curve(scores, values, n_grid: Sequence[int], n_boot: int = 1000, seed: i
         raise ValueError("every prompt is masked out: nothing to average")
     per_prompt = _expectations(scores, values, mask, grid)[:, mask]  # (G, P_kept)
     means = per_prompt.mean(axis=1)
-    boot = _bootstrap_means(per_prompt, n_boot, seed)  # (n_boot, G)
+    boot = bootstrap_means(per_prompt, n_boot, seed)  # (n_boot, G)
     alpha = (1.0 - ci) / 2.0
     low, high = np.quantile(boot, [alpha, 1.0 - alpha], axis=0)
     return [
@@ -150,7 +151,7 @@ def _expectations(scores: np.ndarray, values: np.ndarray, mask: np.ndarray, grid
     return out
 
 
-def _bootstrap_means(per_prompt: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
+def bootstrap_means(per_prompt: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
     """(n_boot, G) means of prompt resamples (with replacement), the same resamples for every n.
 
     The means are plain numpy reductions over gathered values, not BLAS products, so the result is
@@ -250,6 +251,55 @@ def exact_bon_kl(base_probs, scores, n: int) -> float:
         return 0.0
     keep = p_bon > 0  # p_bon > 0 implies p_base > 0; 0 log 0 = 0
     return float(np.sum(p_bon[keep] * np.log(p_bon[keep] / probs[keep])))
+
+
+def support_bon_kl(outputs: Sequence[Sequence], logprobs, scores, n_grid: Sequence[int],
+                   same_sequence_tol: float = 1e-4) -> tuple[np.ndarray, np.ndarray]:
+    """KL(BoN_n || base) per prompt on the base restricted to the outputs that were sampled.
+
+    The sampler records each sample's exact log-probability, so a prompt's distinct sampled outputs
+    y_1..y_K have known base probabilities p_k; covered = sum_k p_k is the share of the base policy's
+    mass that was seen. With the base renormalised on that support, `exact_bon_kl` is exact; it equals
+    KL(BoN_n || base) when covered = 1 and is a plug-in estimate otherwise (the unseen outputs are the
+    base's rarest, which best-of-n seldom picks). Unlike the bound it is 0 on a prompt whose samples are
+    all the same output, and it is at most log(1 / p_min) whatever n.
+
+    `outputs[p][j]` identifies sample j's output (its text); samples with the same text and log-probs
+    within `same_sequence_tol` are one token sequence drawn twice, otherwise the text's probability is
+    the sum over its distinct token sequences. An output's score is the mean of its samples' scores.
+    Returns ((G, P) KL per n and prompt, (P,) covered mass).
+    """
+    logprobs = np.asarray(logprobs, dtype=np.float64)
+    scores = np.asarray(scores, dtype=np.float64)
+    grid = [_check_int(n, "n_grid entry") for n in n_grid]
+    if logprobs.shape != scores.shape or logprobs.ndim != 2 or len(outputs) != logprobs.shape[0]:
+        raise ValueError(f"outputs, logprobs and scores must be (P, N), got {len(outputs)} rows, "
+                         f"{logprobs.shape} and {scores.shape}")
+    if not (np.all(np.isfinite(logprobs)) and np.all(logprobs <= 0)):
+        raise ValueError("logprobs must be finite and <= 0")
+    kl, covered = np.zeros((len(grid), logprobs.shape[0])), np.zeros(logprobs.shape[0])
+    for p, row in enumerate(outputs):
+        probs, out_scores = _distinct_outputs(row, logprobs[p], scores[p], same_sequence_tol)
+        covered[p] = min(1.0, float(probs.sum()))
+        for g, n in enumerate(grid):
+            kl[g, p] = exact_bon_kl(probs / probs.sum(), out_scores, n)
+    return kl, covered
+
+
+def _distinct_outputs(row: Sequence, logprobs: np.ndarray, scores: np.ndarray,
+                      tol: float) -> tuple[np.ndarray, np.ndarray]:
+    """Base probability and mean score of each distinct output among one prompt's samples."""
+    sequences: dict = {}  # output -> log-probs of its distinct token sequences
+    score_lists: dict = {}
+    if len(row) != len(logprobs):
+        raise ValueError(f"a prompt has {len(row)} outputs but {len(logprobs)} log-probs")
+    for output, logprob, score in zip(row, logprobs, scores, strict=True):
+        seen = sequences.setdefault(output, [])
+        if not any(abs(logprob - other) <= tol for other in seen):
+            seen.append(float(logprob))
+        score_lists.setdefault(output, []).append(float(score))
+    probs = np.array([sum(math.exp(lp) for lp in sequences[o]) for o in sequences])
+    return probs, np.array([np.mean(score_lists[o]) for o in sequences])
 
 
 def _check_discrete(base_probs, scores) -> tuple[np.ndarray, np.ndarray]:

@@ -34,10 +34,12 @@ RANKS_DIR = "ranks"
 
 @dataclass
 class Samples:
-    """The gathered samples: `responses[p][j]` is sample j of prompt p (sweep order)."""
+    """The gathered samples: `responses[p][j]` is sample j of prompt p (sweep order), `logprobs[p][j]`
+    its log-probability under the sampling distribution (NaN where a shard row has none)."""
 
     prompt_ids: list[str]
     responses: list[list[str]]
+    logprobs: list[list[float]]
 
     @property
     def n(self) -> int:
@@ -127,17 +129,20 @@ def generate_shards(out: str | Path, records: list[dict], shard_ids: list[int], 
 def read_samples(out: str | Path, records: list[dict], cfg) -> Samples:
     """Every shard, validated: each must hold exactly its prompts' samples 0..N-1."""
     responses: list[list[str]] = []
+    logprobs: list[list[float]] = []
     for k in range(shard_count(len(records), cfg.shard_size)):
         path = shard_path(out, k)
         if not path.is_file():
             raise PmoptError(f"{path}: sample shard missing (was the sampling pass interrupted?)")
-        responses += _read_shard(path, shard_records(records, k, cfg.shard_size), cfg.n_max)
-    return Samples([r["id"] for r in records], responses)
+        shard = _read_shard(path, shard_records(records, k, cfg.shard_size), cfg.n_max)
+        responses += [[row["response"] for row in rows] for rows in shard]
+        logprobs += [[float(row.get("logprob", math.nan)) for row in rows] for rows in shard]
+    return Samples([r["id"] for r in records], responses, logprobs)
 
 
-def _read_shard(path: Path, records: list[dict], n: int) -> list[list[str]]:
+def _read_shard(path: Path, records: list[dict], n: int) -> list[list[dict]]:
     index = {r["id"]: i for i, r in enumerate(records)}
-    grid: list[list[str | None]] = [[None] * n for _ in records]
+    grid: list[list[dict | None]] = [[None] * n for _ in records]
     for line, row in iter_jsonl(path, validate_sample):
         i, j = index.get(row["prompt_id"]), row["sample_idx"]
         if i is None:
@@ -146,7 +151,7 @@ def _read_shard(path: Path, records: list[dict], n: int) -> list[list[str]]:
             raise RecordError(path, line, "sample_idx", f"{j} outside 0..{n - 1}")
         if grid[i][j] is not None:
             raise RecordError(path, line, "sample_idx", f"sample {j} of '{row['prompt_id']}' appears twice")
-        grid[i][j] = row["response"]
+        grid[i][j] = row
     for i, row in enumerate(grid):
         if None in row:
             raise RecordError(path, None, None, f"prompt '{records[i]['id']}' lacks sample {row.index(None)}")

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from pmopt.bon.curves import curve_rows, write_curves
+from pmopt.bon.curves import curve_rows, support_mass, write_curves
 from pmopt.bon.estimator import default_n_grid
 from pmopt.bon.grades import load_or_grade
 from pmopt.bon.scoring import gold_rewards, load_or_score, resolve_prefix
@@ -310,9 +310,9 @@ def _finish(out: Path, plan: SweepPlan, device) -> Path:
     for entry in plan.cfg.pms:
         scores[entry.name] = load_or_score(out, entry, plan, samples, device, gold)
         _mark(out, f"scores/{entry.name}")
-    rows = curve_rows(plan, scores, grades, gold)
+    rows = curve_rows(plan, scores, grades, gold, samples)
     write_curves(out, rows)
-    _mark(out, "curves", rows=len(rows))
+    _mark(out, "curves", rows=len(rows), support_mass=support_mass(samples))
     Manifest(out).mark("bon", "done")
     print(f"pmopt bon: {len(plan.records)} prompts x {plan.cfg.n_max} samples, {len(scores)} PMs, "
           f"n in {plan.grid}: {len(rows)} curve rows in {out / 'curves.jsonl'}")

@@ -27,7 +27,9 @@ MARKER = {"bon": "o", "ppo": "s"}
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
            "#7f7f7f", "#bcbd22")
 METHOD_LABEL = {"bon": "BoN", "ppo": "PPO"}
-KL_LABEL = "KL(policy ‖ base) [nats]"
+KL_LABEL = "KL(policy ‖ base) [nats]; best-of-n: the bound log n − (n−1)/n"
+SUPPORT_KL = "kl/support"  # best-of-n KL computed exactly on the sampled outputs (pmopt.bon.curves)
+SUPPORT_KL_LABEL = "KL(policy ‖ base) [nats]; best-of-n: exact on the sampled outputs"
 
 
 # ----------------------------------------------------------------------------- public API
@@ -51,7 +53,7 @@ def plot_metric_vs_n(rows: list[dict], metric: str, path: str | Path) -> Path:
     return _save(fig, ax, path)
 
 
-def plot_metric_vs_kl(rows: list[dict], metric: str, path: str | Path) -> Path:
+def plot_metric_vs_kl(rows: list[dict], metric: str, path: str | Path, xlabel: str = KL_LABEL) -> Path:
     """`metric` against KL to the base policy: BoN solid, PPO dashed, on the same axes."""
     series = _series(rows, metric, None, "kl")
     if not series:
@@ -62,21 +64,42 @@ def plot_metric_vs_kl(rows: list[dict], metric: str, path: str | Path) -> Path:
         x_key = "n" if method == "bon" else "step"
         ordered = sorted(points, key=lambda p, k=x_key: p[k])  # along optimisation, not along KL
         _draw(ax, ordered, "kl", colours[pm], method, f"{pm} ({METHOD_LABEL[method]})", sort=False)
-    ax.set_xlabel(KL_LABEL)
+    ax.set_xlabel(xlabel)
     return _save(fig, ax, path)
 
 
 def plot_all(rows: list[dict], out_dir: str | Path) -> list[Path]:
-    """One PNG per metric for each axis that has data: `<metric>_vs_n.png`, `<metric>_vs_kl.png`."""
+    """One PNG per metric for each axis that has data: `<metric>_vs_n.png`, `<metric>_vs_kl.png` and,
+    where the sweep computed `kl/support`, `<metric>_vs_kl_support.png`."""
     out_dir = Path(out_dir)
     paths = []
+    on_support = rows_on_support_kl(rows)
     for metric in sorted({r["metric"] for r in rows}):
         stem = slug(metric)
         if _series(rows, metric, "bon", "n"):
             paths.append(plot_metric_vs_n(rows, metric, out_dir / f"{stem}_vs_n.png"))
         if _series(rows, metric, None, "kl"):
             paths.append(plot_metric_vs_kl(rows, metric, out_dir / f"{stem}_vs_kl.png"))
+        if metric != SUPPORT_KL and _series(on_support, metric, "bon", "kl"):
+            paths.append(plot_metric_vs_kl(on_support, metric, out_dir / f"{stem}_vs_kl_support.png",
+                                           xlabel=SUPPORT_KL_LABEL))
     return paths
+
+
+def rows_on_support_kl(rows: list[dict]) -> list[dict]:
+    """The rows with each best-of-n point moved from the KL bound to its PM's `kl/support` at that n.
+
+    PPO rows keep their measured KL, so both methods share a KL axis that is not an upper bound.
+    Best-of-n rows of a PM without `kl/support` rows are left out.
+    """
+    support = {(r["pm"], r["n"]): r["value"] for r in rows if r["method"] == "bon" and r["metric"] == SUPPORT_KL}
+    out = []
+    for row in rows:
+        if row["method"] != "bon":
+            out.append(row)
+        elif (row["pm"], row["n"]) in support:
+            out.append({**row, "kl": support[(row["pm"], row["n"])], "kl_kind": "support"})
+    return out
 
 
 def slug(metric: str) -> str:
