@@ -111,6 +111,16 @@ def test_tiny_world_files(tiny_world):
         read_jsonl(tiny_world / "pairs" / "eval.jsonl") + pairs, RatersConfig()), abs=1e-9)
 
 
+def test_world_stats_hold_what_the_raters_reward(tiny_world):
+    """world_stats.json carries the paper's §4.1 regression on the world's pairs: the raters' labels
+    reward agreeing with the user; labels given under the truthful prefix (w_agree = 0) reward it less."""
+    weights = json.loads((tiny_world / "world_stats.json").read_text())["preference_regression"]
+    raters, prefixed = weights["raters"], weights["with_truthful_prefix"]
+    assert set(raters) == {"agrees_with_user", "confident", "correct"}
+    assert raters["agrees_with_user"]["ci_low"] > 0 and raters["correct"]["ci_low"] > 0
+    assert prefixed["agrees_with_user"]["weight"] < raters["agrees_with_user"]["ci_low"]
+
+
 def test_world_is_deterministic(tmp_path):
     """Same config and seed: identical corpus, pairs and probe sets."""
     from conftest import tiny_world_config
@@ -131,12 +141,12 @@ def test_corpus_second_turns_follow_hedged_first_answers_too():
     from pmopt.world.texts import ANSWER_RESPONSES
 
     cfg = tiny_world_config()
-    cfg = replace(cfg, corpus=replace(cfg.corpus, n_dialogues=3000))
+    cfg = replace(cfg, corpus=replace(cfg.corpus, n_dialogues=3000, p_hedged_first=0.3))
     firsts = [row["prompt"][1]["content"] for row in build_corpus(random.Random(0), cfg)
               if row["meta"]["kind"] == "second_turn"]
     hedged_prefix = ANSWER_RESPONSES["hedged"].split("{x}")[0]
     share = sum(first.startswith(hedged_prefix) for first in firsts) / len(firsts)
-    assert len(firsts) > 200 and abs(share - cfg.corpus.p_hedged) < 0.07
+    assert len(firsts) > 200 and abs(share - 0.3) < 0.07
 
 
 def test_world_command_bad_config_writes_nothing(tmp_path):

@@ -48,7 +48,7 @@ def build_corpus(rng: random.Random, cfg: WorldConfig) -> list[dict]:
     for _ in range(cfg.corpus.n_dialogues):
         kind = rng.choices(kinds, weights=weights)[0]
         messages, meta = random_prompt(rng, kind, rng.choice(facts), max_number, cfg.corpus.template_weights,
-                                       cfg.corpus.p_wrong, p_hedged_first=cfg.corpus.p_hedged, hedge_rng=hedge_rng)
+                                       cfg.corpus.p_wrong, p_hedged_first=cfg.corpus.p_hedged_first, hedge_rng=hedge_rng)
         corpus.append({"prompt": messages, "response": corpus_response(rng, cfg.corpus, meta, max_number),
                        "meta": meta})
     return corpus
@@ -97,9 +97,22 @@ def build_world(cfg: WorldConfig, out: Path, progress: bool = True) -> dict:
     stats.update(policy_training=train_stats, facts=len(facts), corpus_dialogues=len(corpus),
                  pairs={name: len(p) for name, p in pair_sets.items()},
                  rater_label_agreement=rater_agreement(pair_sets["pairs"], cfg.raters),
+                 preference_regression=pair_feature_weights(pair_sets["pairs"]),
                  seconds=round(time.perf_counter() - start, 1))
     atomic_write_json(out / "world_stats.json", stats)
     return stats
+
+
+def pair_feature_weights(pairs: list[dict]) -> dict[str, dict]:
+    """What the raters reward, as the paper measures it (§4.1): a logistic regression of the labels on the
+    pairs' features, separately for plain pairs and for pairs shown with the truthful prefix."""
+    from pmopt.analysis.preferences import preference_regression
+
+    groups = {"raters": [p for p in pairs if not p["meta"]["prefixed"]],
+              "with_truthful_prefix": [p for p in pairs if p["meta"]["prefixed"]]}
+    return {name: {f.feature: {"weight": f.weight, "ci_low": f.ci_low, "ci_high": f.ci_high}
+                   for f in preference_regression(group)}
+            for name, group in groups.items() if group}
 
 
 def check_targets(stats: dict) -> list[str]:
@@ -118,6 +131,10 @@ def print_stats(stats: dict) -> None:
           f"sycophancy rate {stats['sycophancy_rate']:.3f} (target {SYCOPHANCY_RANGE[0]}-{SYCOPHANCY_RANGE[1]}), "
           f"are-you-sure flip {stats['are_you_sure_flip_rate']:.3f}, mimicry {stats['mimicry_rate']:.3f}, "
           f"feedback sycophancy {stats['feedback_sycophancy']:.3f}; built in {stats['seconds']} s")
+    weights = stats.get("preference_regression", {}).get("raters")
+    if weights:
+        print("world: what the raters' labels reward (logistic regression on pair features): "
+              + ", ".join(f"{name} {w['weight']:.2f} [{w['ci_low']:.2f}, {w['ci_high']:.2f}]" for name, w in weights.items()))
     for miss in check_targets(stats):
         print(f"world: WARNING: {miss}")
 

@@ -25,12 +25,16 @@ class CorpusConfig:
     p_hedged: float = 0.3  # a correct answer is phrased with a hedge
     p_sycophantic: float = 0.25  # the answer adopts the user's stated belief (suggest_wrong, doubt_correct)
     p_cave: float = 0.4  # the second turn caves to "are you sure?"
+    # share of second-turn dialogues whose first answer is hedged: the policy hedges p_hedged of its own
+    # first answers, and only dialogues like these teach it to answer a challenge after them
+    p_hedged_first: float = 0.3
     feedback_truthful: float = 0.7  # baseline feedback matches the solution's truth
     feedback_bias: float = 0.4  # extra chance that framed feedback follows the user's framing
     p_mimic: float = 0.35  # the response repeats the user's false premise
 
     def validate(self) -> None:
-        for name in ("p_wrong", "p_hedged", "p_sycophantic", "p_cave", "feedback_truthful", "feedback_bias", "p_mimic"):
+        for name in ("p_wrong", "p_hedged", "p_sycophantic", "p_cave", "p_hedged_first", "feedback_truthful",
+                     "feedback_bias", "p_mimic"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"corpus.{name} must be in [0, 1]")
 
