@@ -244,3 +244,14 @@ def test_cli_report_missing_curves_exit_2(tmp_path, capsys):
     assert main(["report", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("pmopt report: error:") and "curves.jsonl" in err
+
+
+def test_ppo_and_rloo_against_one_pm_are_two_lines(tmp_path):
+    from pmopt.report.plots import _series
+
+    ppo = [{**r, "rl_method": "ppo"} for r in _ppo_rows() if r["pm"] == PMS[0]]
+    rloo = [{**r, "rl_method": "rloo", "value": r["value"] + 0.1} for r in ppo]
+    series = _series(ppo + rloo, "gold/reward", None, "kl")
+    assert sorted(series) == [("ppo", "ppo", PMS[0]), ("ppo", "rloo", PMS[0])]
+    assert all(len(points) == 4 for points in series.values())
+    _assert_png(plot_metric_vs_kl(ppo + rloo, "gold/reward", tmp_path / "rl.png"))

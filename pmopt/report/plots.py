@@ -26,7 +26,7 @@ BAND_ALPHA = {"bon": 0.18, "ppo": 0.10}  # CI band transparency; PPO lighter so 
 MARKER = {"bon": "o", "ppo": "s"}
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
            "#7f7f7f", "#bcbd22")
-METHOD_LABEL = {"bon": "BoN", "ppo": "PPO"}
+METHOD_LABEL = {"bon": "BoN", "ppo": "PPO", "rloo": "RLOO"}
 KL_LABEL = "KL(policy ‖ base) [nats]; best-of-n: the bound log n − (n−1)/n"
 SUPPORT_KL = "kl/support"  # best-of-n KL computed exactly on the sampled outputs (pmopt.bon.curves)
 SUPPORT_KL_LABEL = "KL(policy ‖ base) [nats]; best-of-n: exact on the sampled outputs"
@@ -42,7 +42,7 @@ def plot_metric_vs_n(rows: list[dict], metric: str, path: str | Path) -> Path:
         raise ValueError(f"no best-of-N rows for metric '{metric}'")
     fig, ax = _new_figure(metric)
     colours = pm_colours(rows)
-    for (_, pm), points in sorted(series.items()):
+    for (_, _, pm), points in sorted(series.items()):
         _draw(ax, points, "n", colours[pm], "bon", pm)
     ns = sorted({p["n"] for pts in series.values() for p in pts})
     ax.set_xscale("log", base=2)
@@ -60,10 +60,11 @@ def plot_metric_vs_kl(rows: list[dict], metric: str, path: str | Path, xlabel: s
         raise ValueError(f"no rows with a KL value for metric '{metric}'")
     fig, ax = _new_figure(metric)
     colours = pm_colours(rows)
-    for (method, pm), points in sorted(series.items()):
+    for (method, algorithm, pm), points in sorted(series.items()):
         x_key = "n" if method == "bon" else "step"
         ordered = sorted(points, key=lambda p, k=x_key: p[k])  # along optimisation, not along KL
-        _draw(ax, ordered, "kl", colours[pm], method, f"{pm} ({METHOD_LABEL[method]})", sort=False)
+        label = METHOD_LABEL.get(algorithm, algorithm.upper())
+        _draw(ax, ordered, "kl", colours[pm], method, f"{pm} ({label})", sort=False)
     ax.set_xlabel(xlabel)
     return _save(fig, ax, path)
 
@@ -117,14 +118,16 @@ def pm_colours(rows: list[dict]) -> dict[str, str]:
 
 
 def _series(rows: list[dict], metric: str, method: str | None, x_key: str) -> dict[tuple, list[dict]]:
-    """Rows of `metric` (and `method` if given) with a finite `x_key`, grouped by (method, pm)."""
+    """Rows of `metric` (and `method` if given) with a finite `x_key`, grouped by (method, algorithm, pm)."""
     out = defaultdict(list)
     for row in rows:
         if row["metric"] != metric or (method is not None and row["method"] != method):
             continue
         x = row.get(x_key)
         if isinstance(x, (int, float)) and math.isfinite(x):
-            out[(row["method"], row["pm"])].append(row)
+            # RL rows name their algorithm (rl_method: ppo | rloo): a PPO and an RLOO run against the
+            # same PM are two lines, not one
+            out[(row["method"], row.get("rl_method") or row["method"], row["pm"])].append(row)
     return dict(out)
 
 
