@@ -3,11 +3,26 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal, get_args
 
 from pmopt.io import PmoptError
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 DTYPES = {"auto": "auto", "float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+# The attention kernels transformers accepts as `attn_implementation`; None keeps its default (sdpa where the
+# architecture supports it). flash_attention_* need the flash-attn package and a GPU.
+AttnImplementation = Literal["sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention"]
+ATTN_IMPLEMENTATIONS = get_args(AttnImplementation)
+
+
+def attn_kwargs(attn_implementation: str | None) -> dict:
+    """`from_pretrained` keyword for the attention kernel: {} for the default, else the validated choice."""
+    if attn_implementation is None:
+        return {}
+    if attn_implementation not in ATTN_IMPLEMENTATIONS:
+        raise PmoptError(f"unknown attn_implementation {attn_implementation!r} "
+                         f"(expected one of {', '.join(ATTN_IMPLEMENTATIONS)})")
+    return {"attn_implementation": attn_implementation}
 
 
 def looks_like_hub_id(name: str) -> bool:
@@ -37,15 +52,16 @@ def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
 
 
 def load_policy(path: str | Path, dtype: str | None = None, device: str | None = None,
-                trust_remote_code: bool = False):
+                trust_remote_code: bool = False, attn_implementation: str | None = None):
     """(model, tokenizer) for sampling; the model is in eval mode on `device` (default: cuda if present)."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    attention = attn_kwargs(attn_implementation)  # a bad choice fails before anything loads
     check_model_path(path, "policy")
     tokenizer = load_tokenizer(path, trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(
-        str(path), dtype=DTYPES.get(dtype or "auto", "auto"), trust_remote_code=trust_remote_code,
+        str(path), dtype=DTYPES.get(dtype or "auto", "auto"), trust_remote_code=trust_remote_code, **attention,
     )
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return model.to(device).eval(), tokenizer

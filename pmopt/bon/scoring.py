@@ -204,7 +204,8 @@ def _score_with_pm(entry, plan, samples, device, prefix, members: bool) -> np.nd
 
     from pmopt.pm.model import PreferenceModel
 
-    pm = PreferenceModel.load(entry.path, device=device, trust_remote_code=plan.cfg.trust_remote_code)
+    pm = PreferenceModel.load(entry.path, device=device, trust_remote_code=plan.cfg.trust_remote_code,
+                              attn_implementation=plan.cfg.attn_implementation)
     fn = partial(pm.score_members if members else pm.score, prefix=prefix, batch_size=entry.batch_size)
     try:
         return _score_all(fn, plan, samples, entry.batch_size, f"{entry.name}{' members' if members else ''}")

@@ -106,7 +106,7 @@ def generate_shards(out: str | Path, records: list[dict], shard_ids: list[int], 
         return []
     from pmopt.policy import load_policy
 
-    model, tokenizer = load_policy(cfg.policy_path(), dtype=cfg.policy_dtype,
+    model, tokenizer = load_policy(cfg.policy_path(), dtype=cfg.policy_dtype, attn_implementation=cfg.attn_implementation,
                                    device=str(device) if device is not None else None,
                                    trust_remote_code=cfg.trust_remote_code)
     where = f" (process {rank} of {world_size})" if world_size > 1 else ""

@@ -44,6 +44,7 @@ from pmopt.bon.shards import (
 )
 from pmopt.config import ConfigError, dump_yaml, load_config, to_dict
 from pmopt.io import Manifest, PmoptError, atomic_write_text, default_out_dir
+from pmopt.policy import AttnImplementation
 from pmopt.sampling import SamplingConfig
 
 DEFAULT_PROBES = ("answer", "feedback", "mimicry", "truthfulness")
@@ -97,6 +98,7 @@ class BonConfig:
     pms: list[PMEntry] = field(default_factory=list)
     judge: str | None = None  # HF causal LM dir for the LM judge (free-form real feedback); world: exact
     policy_dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = None
+    attn_implementation: AttnImplementation | None = None  # policy and PMs; None = transformers' default
     trust_remote_code: bool = False
 
     def validate(self) -> None:

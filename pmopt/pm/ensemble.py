@@ -66,11 +66,12 @@ class EnsemblePM:
 
     @classmethod
     def load(cls, path: str | Path, device=None, dtype=None, trust_remote_code: bool = False,
-             method: str | None = None, lam: float | None = None) -> EnsemblePM:
+             method: str | None = None, lam: float | None = None,
+             attn_implementation: str | None = None) -> EnsemblePM:
         path = Path(path)
         spec = read_ensemble_spec(path)
-        members = [PreferenceModel.load(path / member, device=device, dtype=dtype,
-                                        trust_remote_code=trust_remote_code) for member in spec["members"]]
+        members = [PreferenceModel.load(path / member, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
+                                        attn_implementation=attn_implementation) for member in spec["members"]]
         return cls(members, name=path.resolve().name, method=method or spec.get("aggregate", "mean"),
                    lam=spec.get("uwo_lambda", 0.0) if lam is None else lam)
 

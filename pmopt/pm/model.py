@@ -27,6 +27,7 @@ import torch
 
 from pmopt.data.preferences import looks_like_hub_id
 from pmopt.io import PmoptError
+from pmopt.policy import attn_kwargs
 from pmopt.text import Messages, Text, encode, scored_text
 from pmopt.world.raters import TRUTHFUL_PREFIX
 
@@ -54,24 +55,27 @@ class PreferenceModel:
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device | None = None, dtype=None,
-             trust_remote_code: bool = False, method: str | None = None, lam: float | None = None):
+             trust_remote_code: bool = False, method: str | None = None, lam: float | None = None,
+             attn_implementation: str | None = None):
         """A full model dir, a LoRA adapter dir (base + adapter, merged) or an ensemble dir (-> EnsemblePM).
 
-        `method` / `lam` choose the ensemble aggregate (default: what `ensemble.json` records).
+        `method` / `lam` choose the ensemble aggregate (default: what `ensemble.json` records);
+        `attn_implementation` the attention kernel (default: transformers' choice, sdpa where supported).
         """
         path = Path(path)
+        attn_kwargs(attn_implementation)  # a bad choice fails before anything loads
         if (path / ENSEMBLE_FILE).is_file():
             from pmopt.pm.ensemble import EnsemblePM
 
             return EnsemblePM.load(path, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
-                                   method=method, lam=lam)
+                                   method=method, lam=lam, attn_implementation=attn_implementation)
         if (path / "adapter_config.json").is_file():
-            model = _load_lora(path, resolve_dtype(dtype), trust_remote_code)
+            model = _load_lora(path, resolve_dtype(dtype), trust_remote_code, attn_implementation)
         elif (path / "config.json").is_file():
             check_num_labels(path / "config.json")
-            model = load_seq_cls(str(path), resolve_dtype(dtype), trust_remote_code)
-        elif not path.exists() and looks_like_hub_id(str(path)):
-            model = load_seq_cls(str(path), resolve_dtype(dtype), trust_remote_code)  # a PM from the hub
+            model = load_seq_cls(str(path), resolve_dtype(dtype), trust_remote_code, attn_implementation)
+        elif not path.exists() and looks_like_hub_id(str(path)):  # a PM from the hub
+            model = load_seq_cls(str(path), resolve_dtype(dtype), trust_remote_code, attn_implementation)
         else:
             raise PmoptError(f"{path}: not a preference-model directory (expected config.json, "
                              f"adapter_config.json or {ENSEMBLE_FILE})")
@@ -198,7 +202,7 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     return ensure_pad_token(tokenizer)
 
 
-def load_seq_cls(name_or_path: str, dtype, trust_remote_code: bool = False):
+def load_seq_cls(name_or_path: str, dtype, trust_remote_code: bool = False, attn_implementation: str | None = None):
     """`AutoModelForSequenceClassification` with one label: the PM's scalar head.
 
     Loading a causal LM this way leaves `score.weight` newly initialised (and drops `lm_head`); TRL's
@@ -210,12 +214,13 @@ def load_seq_cls(name_or_path: str, dtype, trust_remote_code: bool = False):
     try:
         with suppress_seqcls_warning():
             return AutoModelForSequenceClassification.from_pretrained(
-                name_or_path, num_labels=1, dtype=dtype, trust_remote_code=trust_remote_code)
+                name_or_path, num_labels=1, dtype=dtype, trust_remote_code=trust_remote_code,
+                **attn_kwargs(attn_implementation))
     except (OSError, ValueError, RuntimeError) as exc:  # missing files, bad config, mismatched shapes
         raise PmoptError(f"{name_or_path}: could not load as a sequence classifier: {exc}") from None
 
 
-def _load_lora(path: Path, dtype, trust_remote_code: bool):
+def _load_lora(path: Path, dtype, trust_remote_code: bool, attn_implementation: str | None = None):
     """Base model + adapter; the trained score head comes from `modules_to_save`. Merged for speed."""
     from peft import PeftModel
 
@@ -225,7 +230,7 @@ def _load_lora(path: Path, dtype, trust_remote_code: bool):
         raise PmoptError(f"{path / 'adapter_config.json'}: field 'base_model_name_or_path' missing")
     if Path(base).is_dir():
         check_num_labels(Path(base) / "config.json")
-    model = load_seq_cls(base, dtype, trust_remote_code)
+    model = load_seq_cls(base, dtype, trust_remote_code, attn_implementation)
     tokenizer = load_tokenizer(str(path), trust_remote_code)
     model.config.pad_token_id = tokenizer.pad_token_id
     return PeftModel.from_pretrained(model, str(path)).merge_and_unload()

@@ -45,6 +45,7 @@ from pmopt.pm.model import (
     load_tokenizer,
     resolve_dtype,
 )
+from pmopt.policy import AttnImplementation
 from pmopt.text import encode, scored_text
 
 # ============================================================================ 1. config
@@ -55,6 +56,7 @@ class ModelSection:
     name_or_path: str = ""  # a Hugging Face hub id or a local directory (causal LM or seq-cls checkpoint)
     trust_remote_code: bool = False
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"  # weights as loaded for training
+    attn_implementation: AttnImplementation | None = None  # attention kernel; None = transformers' default (sdpa where supported)
 
 
 @dataclass
@@ -298,7 +300,8 @@ def train_member(cfg: PMTrainConfig, k: int, member_dir: Path, tokenizer, train_
 
     seed = cfg.train.seed + k
     set_seed(seed)  # before loading: the new score head is randomly initialised
-    model = load_seq_cls(model_source(cfg.model), resolve_dtype(cfg.model.dtype), cfg.model.trust_remote_code)
+    model = load_seq_cls(model_source(cfg.model), resolve_dtype(cfg.model.dtype), cfg.model.trust_remote_code,
+                         cfg.model.attn_implementation)
     model.config.pad_token_id = tokenizer.pad_token_id
     has_eval = len(eval_ids["chosen_ids"]) > 0
     trainer = RewardTrainer(

@@ -31,6 +31,7 @@ from pmopt.io import (
     atomic_write_text,
     prepare_out_dir,
 )
+from pmopt.policy import AttnImplementation
 from pmopt.probes.base import Probe, Sample, mean_outcomes
 from pmopt.probes.judges import EXACT, Judge, LMJudge, grade_batched
 from pmopt.probes.registry import DEFAULT_PROBES, get_probes
@@ -69,6 +70,7 @@ class ProbeRunConfig:
     dtype: str | None = None
     device: str | None = None
     trust_remote_code: bool = False
+    attn_implementation: AttnImplementation | None = None  # the policy's; None = transformers' default
     judge: JudgeConfig = field(default_factory=JudgeConfig)
 
     def validate(self) -> None:
@@ -262,7 +264,7 @@ def run_probe_config(cfg: ProbeRunConfig, out: str | Path | None = None) -> Path
     from pmopt.policy import load_policy
 
     model, tokenizer = load_policy(cfg.policy, dtype=cfg.dtype, device=cfg.device,
-                                   trust_remote_code=cfg.trust_remote_code)
+                                   trust_remote_code=cfg.trust_remote_code, attn_implementation=cfg.attn_implementation)
     judge = make_judge(cfg.judge)
     out = prepare_out_dir(out, "probe")
     atomic_write_text(out / "config.yaml", dump_yaml(cfg))

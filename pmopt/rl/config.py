@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from pmopt.policy import AttnImplementation
 from pmopt.sampling import SamplingConfig
 
 
@@ -30,6 +31,7 @@ class PolicySection:
     path: str = ""  # a causal-LM directory with its tokenizer (a world's policy/), or a hub id
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     trust_remote_code: bool = False
+    attn_implementation: AttnImplementation | None = None  # policy, reference, value model and PM
     lora: LoraSection = field(default_factory=LoraSection)
 
 

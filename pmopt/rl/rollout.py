@@ -163,7 +163,8 @@ def build_reward(cfg: PPOConfig, device):
         return gold_reward_fn(raters, cfg.reward_label) if r.kind == "gold" else RaterReward(raters, cfg.reward_label)
     from pmopt.pm.model import NON_SYCOPHANTIC_PREFIX, PreferenceModel
 
-    pm = PreferenceModel.load(r.pm, device=device, method=r.ensemble_aggregate, lam=r.ensemble_lambda)
+    pm = PreferenceModel.load(r.pm, device=device, method=r.ensemble_aggregate, lam=r.ensemble_lambda,
+                              attn_implementation=cfg.policy.attn_implementation)
     prefix = NON_SYCOPHANTIC_PREFIX if r.prefix == "non_sycophantic" else None
     return PMReward(pm, prefix, r.batch_size, cfg.reward_label)
 
@@ -314,14 +315,15 @@ def load_policy_and_reference(cfg: PPOConfig, device):
     """(policy, reference or None under LoRA, tokenizer)."""
     from transformers import AutoModelForCausalLM
 
-    from pmopt.policy import load_tokenizer
+    from pmopt.policy import attn_kwargs, load_tokenizer
 
     p = cfg.policy
     tokenizer = load_tokenizer(p.path, p.trust_remote_code)
 
     def load():
         model = AutoModelForCausalLM.from_pretrained(p.path, dtype=getattr(torch, p.dtype),
-                                                     trust_remote_code=p.trust_remote_code)
+                                                     trust_remote_code=p.trust_remote_code,
+                                                     **attn_kwargs(p.attn_implementation))
         disable_dropout(model)
         return model
 
@@ -342,14 +344,15 @@ def load_value_model(cfg: PPOConfig, tokenizer):
     if cfg.value.init == "pm" and not cfg.value.path:
         if cfg.reward.kind != "pm":
             raise ConfigError("value.init: 'pm' needs reward.kind 'pm' (or value.path)")
-        pm = PreferenceModel.load(source, device="cpu")
+        pm = PreferenceModel.load(source, device="cpu", attn_implementation=cfg.policy.attn_implementation)
         members = getattr(pm, "members", [pm])  # an ensemble: its first member
         model, pm_tokenizer = members[0].model, members[0].tokenizer
         if pm_tokenizer.get_vocab() != tokenizer.get_vocab():
             raise ConfigError(f"value.init: 'pm': the PM at {source} has another vocabulary than the policy; "
                               "use value.init: policy")
     else:
-        model = load_seq_cls(source, getattr(torch, cfg.policy.dtype), cfg.policy.trust_remote_code)
+        model = load_seq_cls(source, getattr(torch, cfg.policy.dtype), cfg.policy.trust_remote_code,
+                             cfg.policy.attn_implementation)
     model.config.pad_token_id = tokenizer.pad_token_id
     disable_dropout(model)
     if cfg.policy.lora.enabled:
