@@ -37,6 +37,7 @@ from pmopt.config import load_config
 from pmopt.io import read_metrics
 from pmopt.rl.config import PPOConfig
 from pmopt.rl.ppo import run_ppo
+from pmopt.testing import save_seeded_pm
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -47,18 +48,6 @@ def tiny_world(root: Path) -> Path:
 
     out = root / "world"
     build_world(load_config(WorldConfig, REPO / "configs" / "world" / "tiny.yaml"), out, progress=False)
-    return out
-
-
-def seeded_pm(world: Path, out: Path) -> Path:
-    from pmopt.pm.model import load_seq_cls, load_tokenizer
-
-    torch.manual_seed(0)
-    model = load_seq_cls(str(world / "policy"), torch.float32)
-    tokenizer = load_tokenizer(str(world / "policy"))
-    model.config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
     return out
 
 
@@ -170,7 +159,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         world = args.world or tiny_world(root)
-        pm = seeded_pm(world, root / "pm")
+        pm = save_seeded_pm(world / "policy", root / "pm")
         runs = {"pmopt PPO": ("ppo", 1), "pmopt PPO (4 passes)": ("ppo", 4), "TRL RLOOTrainer": ("rloo", 1)}
         results = {}
         for name, (method, epochs) in runs.items():

@@ -74,3 +74,20 @@ def save_tiny_causal_lm(directory, tokenizer, seed: int = 0, **config_kwargs):
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+def save_seeded_pm(policy_dir, out, seed: int = 0):
+    """A PM directory without training: a causal LM loaded as a 1-label sequence classifier whose new
+    score head is drawn after `torch.manual_seed(seed)`, saved with its tokenizer (deterministic scores
+    for tests and benchmarks that need a real PM but not a good one)."""
+    import torch
+
+    from pmopt.pm.model import load_seq_cls, load_tokenizer
+
+    torch.manual_seed(seed)
+    model = load_seq_cls(str(policy_dir), torch.float32)
+    tokenizer = load_tokenizer(str(policy_dir))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out

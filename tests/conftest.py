@@ -143,15 +143,6 @@ def tiny_world_pms(tiny_world, tmp_path_factory) -> dict[str, Path]:
 def seeded_world_pm(tiny_world, tmp_path_factory) -> Path:
     """A real PM directory without training: the tiny world's policy as a sequence classifier whose new
     score head is drawn after `torch.manual_seed(0)` (deterministic scores for sweep and RL tests)."""
-    import torch
+    from pmopt.testing import save_seeded_pm
 
-    from pmopt.pm.model import load_seq_cls, load_tokenizer
-
-    out = tmp_path_factory.mktemp("seeded_world_pm") / "pm"
-    torch.manual_seed(0)
-    model = load_seq_cls(str(tiny_world / "policy"), torch.float32)
-    tokenizer = load_tokenizer(str(tiny_world / "policy"))
-    model.config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return save_seeded_pm(tiny_world / "policy", tmp_path_factory.mktemp("seeded_world_pm") / "pm")
