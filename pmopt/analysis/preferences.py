@@ -43,7 +43,7 @@ class FeatureWeight:
     @property
     def p_preferred(self) -> float:
         """P(a response with the feature is preferred to one without it, all else equal) = σ(w)."""
-        return _sigmoid(np.array([self.weight]))[0].item()
+        return 0.5 * (1.0 + math.tanh(0.5 * self.weight))
 
     def as_dict(self) -> dict:
         return {"feature": self.feature, "weight": self.weight, "std": self.std, "ci_low": self.ci_low,

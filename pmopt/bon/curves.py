@@ -37,9 +37,10 @@ def curve_rows(plan, scores: dict[str, np.ndarray], grades: list[list[dict]], go
     """Every row of the sweep: per PM (config order), the probes' metrics, pm/score, gold/reward and,
     given the samples with their log-probabilities, kl/support."""
     cfg, grid = plan.cfg, plan.grid
+    with_support_kl = samples is not None and samples.has_logprobs
     rows = []
     for pm, pm_scores in scores.items():
-        if samples is not None and not np.isnan(np.asarray(samples.logprobs, dtype=np.float64)).any():
+        if with_support_kl:
             rows += support_kl_rows(pm, samples, pm_scores, grid, cfg.n_boot, cfg.seed, cfg.ci)
         for name, probe in plan.probes.items():
             index = [i for i, p in enumerate(plan.probe_of) if p == name]
@@ -105,9 +106,9 @@ def support_kl_rows(pm: str, samples, scores: np.ndarray, grid: list[int], n_boo
 
 def support_mass(samples) -> float | None:
     """Mean over prompts of the base probability mass that the sampled outputs cover (None without log-probs)."""
-    logprobs = np.asarray(samples.logprobs, dtype=np.float64)
-    if np.isnan(logprobs).any():
+    if not samples.has_logprobs:
         return None
+    logprobs = np.asarray(samples.logprobs, dtype=np.float64)
     return float(support_bon_kl(samples.responses, logprobs, np.zeros_like(logprobs), [1])[1].mean())
 
 

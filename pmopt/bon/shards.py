@@ -45,6 +45,11 @@ class Samples:
     def n(self) -> int:
         return len(self.responses[0]) if self.responses else 0
 
+    @property
+    def has_logprobs(self) -> bool:
+        """Every sample row carried its log-probability (older or foreign shards may not)."""
+        return not any(math.isnan(lp) for row in self.logprobs for lp in row)
+
 
 def shard_count(n_prompts: int, shard_size: int) -> int:
     return math.ceil(n_prompts / shard_size)
