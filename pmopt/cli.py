@@ -50,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
             _common(cmd)
             cmd.add_argument("--policy", default=None, help="policy directory (HF causal LM + tokenizer)")
             cmd.add_argument("--probes", default=None, help="comma-separated probe names")
+        elif name == "run":
+            _common(cmd)
+            cmd.add_argument("--seeds", default=None, metavar="K,K,...",
+                             help="run the experiment once per seed (e.g. 0,1,2) and aggregate over seeds")
         elif name == "report":
             cmd.add_argument("run_dir", help="a run directory")
             cmd.add_argument("--out", default=None, help="where to write (default RUN_DIR/report)")

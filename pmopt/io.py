@@ -186,6 +186,35 @@ def git_hash() -> str | None:
     return result.stdout.strip() or None
 
 
+def cpu_model() -> str:
+    """The CPU's model name (results move with float round-off, which differs between CPU models)."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment() -> dict[str, Any]:
+    """What a run's numbers depend on besides its config: CPU model, thread counts, versions, python."""
+    import platform
+
+    info: dict[str, Any] = {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
+                            "platform": platform.platform(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
+    try:
+        import torch
+
+        info["torch_threads"] = torch.get_num_threads()
+        info["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except ImportError:
+        pass
+    return info
+
+
 def package_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -211,7 +240,8 @@ class Manifest:
             self.data = json.loads(self.path.read_text(encoding="utf-8"))
         else:
             self.data = {"created": _dt.datetime.now().isoformat(timespec="seconds"),
-                         "git": git_hash(), "versions": package_versions(), "stages": {}}
+                         "git": git_hash(), "versions": package_versions(), "environment": environment(),
+                         "stages": {}}
 
     def is_done(self, stage: str) -> bool:
         return self.data["stages"].get(stage, {}).get("status") == "done"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pmopt.bon.sweep import BonConfig, PMEntry, run_bon
 from pmopt.config import ConfigError, dump_yaml, load_config, load_yaml
-from pmopt.io import Manifest, PmoptError, atomic_write_json, atomic_write_text, prepare_out_dir
+from pmopt.io import Manifest, PmoptError, atomic_write_json, atomic_write_text, environment, prepare_out_dir
 from pmopt.pm.train import DataSection, LoraSection, ModelSection, PMTrainConfig, TrainSection, train_pm
 from pmopt.sampling import SamplingConfig
 from pmopt.world.build import build_world, check_targets, print_stats
@@ -72,6 +72,11 @@ class PPOStage:
 @dataclass
 class ExperimentConfig:
     seed: int = 0
+    # run the whole experiment once per seed k (seed = world.seed = k) under RUN/seed-<k>/, then aggregate
+    # curves over seeds (pmopt.multiseed); empty = one run with `seed` and `world.seed` as given
+    seeds: list[int] = field(default_factory=list)
+    parallel_seeds: int = 0  # seeds run at once in separate processes; 0 = as many as the CPU cores allow
+    threads_per_seed: int = 1  # torch threads of each seed's process (fixed, so results do not depend on parallelism)
     world: WorldConfig = field(default_factory=WorldConfig)
     pm: PMStage = field(default_factory=PMStage)
     bon: BonStage = field(default_factory=BonStage)
@@ -186,22 +191,32 @@ def stage_report(cfg: ExperimentConfig, run: Path) -> None:
 # ----------------------------------------------------------------------------- the job
 
 
-def stages(cfg: ExperimentConfig) -> list[tuple[str, Callable]]:
+def stages(cfg: ExperimentConfig, with_report: bool = True) -> list[tuple[str, Callable]]:
     plan: list[tuple[str, Callable]] = [("world", stage_world), ("pms", stage_pms), ("bon", stage_bon)]
     if cfg.probes.enabled:
         plan.append(("probes", stage_probes))
     if cfg.ppo.enabled:
         plan.append(("ppo", stage_ppo))
-    plan.append(("report", stage_report))
+    if with_report:
+        plan.append(("report", stage_report))
     return plan
+
+
+# keys that may change between a run and its resumption: they change what runs, not what any seed computes
+RESUMABLE_KEYS = ("seeds", "parallel_seeds")
 
 
 def check_same_config(run: Path, cfg: ExperimentConfig) -> None:
     """Resuming with a different config would mix results from two experiments: refuse."""
     saved = run / "config.yaml"
-    if saved.exists() and load_yaml(saved) != load_yaml_text(dump_yaml(cfg)):
+    if saved.exists() and _without(load_yaml(saved), RESUMABLE_KEYS) != _without(load_yaml_text(dump_yaml(cfg)),
+                                                                               RESUMABLE_KEYS):
         raise ConfigError(f"{saved}: this run directory was started with a different config; "
                           "use a new --out (or delete the directory) to start over")
+
+
+def _without(data: dict, keys: tuple[str, ...]) -> dict:
+    return {k: v for k, v in data.items() if k not in keys}
 
 
 def load_yaml_text(text: str) -> dict:
@@ -210,14 +225,33 @@ def load_yaml_text(text: str) -> dict:
     return yaml.safe_load(text)
 
 
-def run_experiment(cfg: ExperimentConfig, run: Path) -> Path:
+def run_experiment(cfg: ExperimentConfig, run: Path, with_report: bool = True) -> Path:
+    """The job on one seed, or on every seed of `cfg.seeds` followed by the aggregate over seeds."""
+    from pmopt.multiseed import print_headline
+
     check_same_config(run, cfg)
     run.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run / "config.yaml", dump_yaml(cfg))
     manifest = Manifest(run)
-    manifest.set("seed", cfg.seed)
+    manifest.set("environment", environment())
+    if cfg.seeds:
+        claims = _run_seeds(cfg, run, manifest)
+    else:
+        manifest.set("seed", cfg.seed)
+        claims = _run_stages(cfg, run, manifest, with_report)
+    if with_report:
+        print_headline(claims)
+        print(f"run: report at {run / 'report' / 'report.html'}")
+    return run
+
+
+def _run_stages(cfg: ExperimentConfig, run: Path, manifest: Manifest, with_report: bool) -> dict:
+    from pmopt.multiseed import claims_summary
+
     timings = {}
-    for name, stage in stages(cfg):
+    for name, stage in stages(cfg, with_report):
+        if name == "report":  # the report shows the claim: write it first
+            _write_claims(run, claims_summary({cfg.seed: _claim_of(run)}, run / "bon" / "curves.jsonl"))
         if manifest.is_done(name):
             print(f"run: stage {name}: done earlier, skipped")
             continue
@@ -229,8 +263,36 @@ def run_experiment(cfg: ExperimentConfig, run: Path) -> Path:
         manifest.mark(name, "done", seconds=timings[name])
         print(f"run: stage {name} done in {timings[name]} s")
     atomic_write_json(run / "timings.json", {**_load_json(run / "timings.json"), **timings})
-    print(f"run: report at {run / 'report' / 'report.html'}")
-    return run
+    claims = claims_summary({cfg.seed: _claim_of(run)}, run / "bon" / "curves.jsonl")
+    _write_claims(run, claims)
+    return claims
+
+
+def _claim_of(run: Path) -> dict | None:
+    from pmopt.analysis.claims import bon_claim
+    from pmopt.io import read_jsonl
+
+    curves = run / "bon" / "curves.jsonl"
+    return bon_claim(read_jsonl(curves)) if curves.is_file() else None
+
+
+def _write_claims(run: Path, claims: dict) -> None:
+    atomic_write_json(run / "claims.json", claims)
+
+
+def _run_seeds(cfg: ExperimentConfig, run: Path, manifest: Manifest) -> dict:
+    from pmopt.multiseed import aggregate, run_seeds
+
+    manifest.set("seeds", list(cfg.seeds))
+    start = time.perf_counter()
+    run_seeds(cfg, run, manifest)
+    claims = aggregate(cfg, run)
+    manifest.mark("aggregate", "done")
+    print("run: stage report ...")
+    stage_report(cfg, run)
+    manifest.mark("report", "done")
+    atomic_write_json(run / "timings.json", {"seeds_total": round(time.perf_counter() - start, 1)})
+    return claims
 
 
 def _load_json(path: Path) -> dict:
@@ -242,5 +304,12 @@ def _load_json(path: Path) -> dict:
 def run_command(args) -> Path:
     if args.config is None:
         raise PmoptError("pmopt run needs a CONFIG (e.g. configs/experiments/sycophancy_world.yaml)")
-    cfg = load_config(ExperimentConfig, args.config, args.overrides)
+    overrides = list(args.overrides)
+    if getattr(args, "seeds", None):
+        overrides.append(f"seeds=[{args.seeds}]")
+    cfg = load_config(ExperimentConfig, args.config, overrides)
+    if len(set(cfg.seeds)) != len(cfg.seeds) or any(k < 0 for k in cfg.seeds):
+        raise ConfigError(f"{args.config}: seeds must be distinct non-negative integers, got {cfg.seeds}")
+    if cfg.threads_per_seed < 1 or cfg.parallel_seeds < 0:
+        raise ConfigError(f"{args.config}: threads_per_seed must be >= 1 and parallel_seeds >= 0")
     return run_experiment(cfg, prepare_out_dir(args.out, "run"))

@@ -73,3 +73,48 @@ def test_run_bad_config_fails_before_work(tmp_path):
     config.write_text("bon:\n  n_maxx: 4\n")
     assert main(["run", str(config), "--out", str(tmp_path / "out")]) == 2
     assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------- seeds as an axis
+
+MICRO = ["world.policy.steps=120", "world.pairs.n_pairs=300", "world.corpus.n_dialogues=1500",
+         "world.probes.n_questions=8", "world.stats.samples_per_prompt=2", "pm.train.epochs=1.0",
+         "pm.unbiased=false", "bon.n_max=4", "bon.n_boot=50", "bon.probes=[answer]", "probes.enabled=false"]
+
+
+def micro_run(out: Path, seeds: str, *extra: str) -> Path:
+    args = ["run", str(TINY), "--seeds", seeds, "--out", str(out)]
+    for override in (*MICRO, *extra):
+        args += ["--set", override]
+    assert main(args) == 0
+    return out
+
+
+@pytest.mark.slow
+def test_seeds_run_per_seed_aggregate_and_resume(tmp_path, capsys):
+    """`--seeds 0,1`: one experiment per seed in seed-<k>/, curves over seeds at the run's top level, each
+    seed's verdict in claims.json; a seed's results do not depend on how many seeds ran at once."""
+    run = micro_run(tmp_path / "two", "0,1", "parallel_seeds=2")
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["seeds"] == [0, 1] and manifest["environment"]["cpu"]
+    per_seed = {k: read_jsonl(run / f"seed-{k}" / "bon" / "curves.jsonl") for k in (0, 1)}
+    assert per_seed[0] != per_seed[1]  # different worlds, PMs and samples
+    aggregate = read_jsonl(run / "bon" / "curves.jsonl")
+    for row in aggregate[:20]:
+        [v0] = [r["value"] for r in per_seed[0] if (r["pm"], r["n"], r["metric"]) == (row["pm"], row["n"], row["metric"])]
+        [v1] = [r["value"] for r in per_seed[1] if (r["pm"], r["n"], r["metric"]) == (row["pm"], row["n"], row["metric"])]
+        assert row["seed_values"] == [v0, v1] and row["value"] == pytest.approx((v0 + v1) / 2)
+    claims = json.loads((run / "claims.json").read_text())
+    assert set(claims["per_seed"]) == {"0", "1"} and claims["verdict"].startswith("on ")
+    assert (run / "report" / "report.html").read_text().count('id="key-result"') == 1
+    assert not (run / "seed-0" / "report").exists()  # per-seed reports are skipped
+
+    alone = micro_run(tmp_path / "one", "1", "parallel_seeds=1")  # in-process, one seed
+    assert (alone / "seed-1" / "bon" / "curves.jsonl").read_bytes() == (run / "seed-1" / "bon" / "curves.jsonl").read_bytes()
+
+    capsys.readouterr()
+    before = (run / "bon" / "curves.jsonl").read_bytes()
+    micro_run(run, "0,1", "parallel_seeds=1")  # resume: nothing left to run, same aggregate
+    printed = capsys.readouterr().out
+    assert "seed 0: done earlier, skipped" in printed and "seed 1: done earlier, skipped" in printed
+    assert (run / "bon" / "curves.jsonl").read_bytes() == before

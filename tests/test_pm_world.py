@@ -12,11 +12,24 @@ from pmopt.world.texts import ANSWER_RESPONSES
 
 
 def sycophantic_vs_truthful(world):
-    """(prompts, sycophantic responses, truthful responses) for every suggest_wrong answer prompt."""
-    records = [r for r in read_jsonl(world / "probes" / "answer.jsonl") if r["meta"]["template"] == "suggest_wrong"]
-    prompts = [r["prompt"] for r in records]
-    syco = [ANSWER_RESPONSES["agree"].format(x=r["meta"]["incorrect_answer"]) for r in records]
-    truthful = [ANSWER_RESPONSES["disagree"].format(x=r["meta"]["correct_answer"]) for r in records]
+    """(prompts, sycophantic responses, truthful responses) for every suggest_wrong prompt the world can pose:
+    each fact with each wrong number (200 on the tiny world). The probe set's 20 would make the rate move
+    in steps of 0.05 and its mean carry the choice of those 20 prompts on top of the PM's training noise."""
+    from pmopt.config import load_config
+    from pmopt.world.config import WorldConfig
+    from pmopt.world.dialogues import answer_prompt
+    from pmopt.world.texts import all_facts
+
+    operand_max = load_config(WorldConfig, world / "config.yaml").facts.operand_max
+    prompts, syco, truthful = [], [], []
+    for fact in all_facts(operand_max):
+        for wrong in range(2 * operand_max + 1):
+            if wrong == fact.answer:
+                continue
+            messages, _ = answer_prompt(fact, "suggest_wrong", wrong)
+            prompts.append(messages)
+            syco.append(ANSWER_RESPONSES["agree"].format(x=wrong))
+            truthful.append(ANSWER_RESPONSES["disagree"].format(x=fact.answer))
     return prompts, syco, truthful
 
 

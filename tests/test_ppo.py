@@ -364,7 +364,7 @@ def claim_curves(world, out, *overrides) -> dict[tuple[str, int], dict]:
     return {(r["metric"], r["step"]): r for r in read_jsonl(out / "curves.jsonl", validate_curve_row)}
 
 
-def suggest_wrong_pm(world, out):
+def suggest_wrong_pm(world, out, seed: int = 0):
     """A tiny PM trained (about 100 steps) on 1,000 pairs labelled by the world's own raters on suggest-wrong
     prompts, 35% of them with the truthfulness prefix and w_agree = 0, as the world labels them.
 
@@ -380,13 +380,13 @@ def suggest_wrong_pm(world, out):
     from pmopt.world.texts import all_facts
 
     wc = load_config(WorldConfig, world / "config.yaml")
-    pairs = make_pairs(random.Random(1), all_facts(wc.facts.operand_max), 2 * wc.facts.operand_max, wc.raters,
+    pairs = make_pairs(random.Random(1 + seed), all_facts(wc.facts.operand_max), 2 * wc.facts.operand_max, wc.raters,
                        replace(wc.pairs, kind_weights={"answer": 1.0}), 1000, {"suggest_wrong": 1.0},
                        wc.pairs.prefixed_fraction)
     cfg = PMTrainConfig(model=ModelSection(name_or_path=str(world / "policy")),
                         data=DataSection(max_length=128, eval_fraction=0.1),
                         train=TrainSection(epochs=3.0, learning_rate=2e-3, batch_size=32, warmup_ratio=0.05,
-                                           logging_steps=50, save_steps=10_000, seed=0))
+                                           logging_steps=50, save_steps=10_000, seed=seed))
     with torch_threads(1):
         return train_pm(cfg, out, pairs=pairs)
 

@@ -25,7 +25,9 @@ from pmopt.io import PmoptError, atomic_write_text, read_jsonl
 from pmopt.report.plots import plot_all
 
 CURVE_FILES = ("bon/curves.jsonl", "ppo/curves.jsonl", "curves.jsonl")
-JSON_TABLES = (("World statistics", "world/world_stats.json"), ("Probe metrics", "probes/metrics.json"))
+JSON_TABLES = (("World statistics", "world/world_stats.json"), ("Probe metrics", "probes/metrics.json"),
+               ("World statistics over seeds", "aggregate/world_stats.json"),
+               ("Probe metrics over seeds", "aggregate/probe_metrics.json"))
 X_KEY = {"bon": "n", "ppo": "step"}
 SIG_DIGITS = 4  # numbers shown in the HTML tables (summary.csv keeps full precision)
 SUMMARY_COLUMNS = ("method", "pm", "metric", "x", "first_x", "first_value", "first_ci_low", "first_ci_high",
@@ -52,12 +54,13 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
               if (run_dir / name).is_file()]
     config_path = run_dir / "config.yaml"
     config_text = config_path.read_text(encoding="utf-8") if config_path.is_file() else None
+    claims = _read_json_dict(run_dir / "claims.json") if (run_dir / "claims.json").is_file() else None
 
     out_dir = Path(out_dir) if out_dir is not None else run_dir / "report"
     plots = plot_all(rows, out_dir / "plots")
     summary = summary_rows(rows)
     atomic_write_text(out_dir / "summary.csv", summary_csv(summary))
-    page = render_html(run_dir, summary, plots, tables, config_text)
+    page = render_html(run_dir, summary, plots, tables, config_text, claims)
     return atomic_write_text(out_dir / "report.html", page)
 
 
@@ -176,13 +179,14 @@ pre { background: #f6f8fa; padding: 1em; overflow-x: auto; font-size: .85em; }
 
 
 def render_html(run_dir: Path, summary: list[dict], plots: list[Path], tables: list[tuple[str, dict]],
-                config_text: str | None) -> str:
+                config_text: str | None, claims: dict | None = None) -> str:
     parts = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
         f"<title>pmopt report: {_e(run_dir.name)}</title><style>{STYLE}</style></head><body>",
         f"<h1>pmopt report: {_e(run_dir.name)}</h1>",
         f'<p class="note">Run directory {_e(str(run_dir.resolve()))}; generated '
         f"{_dt.datetime.now().isoformat(timespec='seconds')}.</p>",
+        *(_key_result(claims) if claims else []),
         "<h2>Summary</h2>", _summary_table(summary),
         '<p class="note">first / last = the smallest and largest n (best-of-N) or step (PPO); change = '
         "last − first. Intervals and KL are those written by the stage (best-of-N: bootstrap over prompts; "
@@ -195,6 +199,32 @@ def render_html(run_dir: Path, summary: list[dict], plots: list[Path], tables: l
         parts += ["<h2>Config (config.yaml)</h2>", f"<pre>{_e(config_text)}</pre>"]
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
+
+
+def _key_result(claims: dict) -> list[str]:
+    """The answer first: the claim's headline numbers, the sentence the seeds support, each seed's verdict."""
+    from pmopt.analysis.claims import headline
+
+    parts = ['<h2 id="key-result">Key result</h2>']
+    if claims.get("claim"):
+        parts.append("<p>" + "<br>".join(_e(line) for line in headline(claims["claim"])) + "</p>")
+    parts.append(f"<p><strong>{_e(claims.get('verdict', ''))}</strong></p>")
+    per_seed = {k: c for k, c in claims.get("per_seed", {}).items() if c}
+    if per_seed:
+        head = ("<tr><th>seed</th><th>proxy, n = 1</th><th>proxy, n = max</th><th>prefixed, n = max</th>"
+                "<th>rise</th><th>holds</th></tr>")
+        body = "".join(
+            f"<tr><td>{_e(k)}</td>" + "".join(f'<td class="num">{_point(c[p])}</td>' for p in ("proxy_1", "proxy_n", "prefixed_n"))
+            + f'<td class="num">{c["proxy_rise"]:+.3f}</td><td>{"yes" if c["holds"] else "no"}</td></tr>'
+            for k, c in per_seed.items())
+        parts.append(f"<table>{head}{body}</table>")
+    return parts
+
+
+def _point(point: dict) -> str:
+    text = fmt(point["value"], 3)
+    interval = _ci(point.get("ci_low"), point.get("ci_high"))
+    return f"{text} {interval}".strip()
 
 
 def _e(text: str) -> str:

@@ -1,0 +1,139 @@
+"""`pmopt run CONFIG --seeds 0,1,2`: the whole experiment once per seed, then curves over seeds.
+
+Seed k runs the experiment with `seed = k` and `world.seed = k` (a new world, new PMs, new samples) in
+`RUN/seed-<k>/`, with the single-seed job's resume rules. Seeds run in parallel processes, each with
+`threads_per_seed` torch threads however many run at once: torch's CPU kernels may round differently
+with another thread count, so fixing it per seed keeps every seed's results, and so the aggregate,
+independent of the parallelism. The aggregate (`pmopt.analysis.seeds`) is written where a single run
+keeps its results, so `pmopt report` and the claim read a multi-seed run like any other:
+
+    RUN/bon/curves.jsonl, RUN/ppo/curves.jsonl   curve points over seeds (value, interval, seed_values)
+    RUN/aggregate/world_stats.json, RUN/aggregate/probe_metrics.json   per-seed numbers with mean/min/max
+    RUN/claims.json                              each seed's verdict on the claim and the sentence they support
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import replace
+from multiprocessing import get_context
+from pathlib import Path
+
+from pmopt.analysis.claims import bon_claim, headline, verdict_sentence
+from pmopt.analysis.seeds import aggregate_rows, aggregate_scalars
+from pmopt.bon.curves import write_curves
+from pmopt.io import Manifest, atomic_write_json, atomic_write_jsonl, read_jsonl
+
+SEED_DIR = "seed-{}"
+
+
+def seed_config(cfg, seed: int):
+    """The experiment as seed `seed` runs it: one seed, world seed included, no further seeds."""
+    return replace(cfg, seed=seed, seeds=[], world=replace(cfg.world, seed=seed))
+
+
+def worker_count(cfg) -> int:
+    if cfg.parallel_seeds > 0:
+        return min(cfg.parallel_seeds, len(cfg.seeds))
+    return max(1, min(len(cfg.seeds), (os.cpu_count() or 1) // max(cfg.threads_per_seed, 1)))
+
+
+def run_seeds(cfg, run: Path, manifest: Manifest) -> dict[int, float]:
+    """Every unfinished seed, `worker_count` at a time; returns each finished seed's seconds."""
+    todo = [k for k in cfg.seeds if not manifest.is_done(f"seed-{k}")]
+    for k in cfg.seeds:
+        if k not in todo:
+            print(f"run: seed {k}: done earlier, skipped")
+    workers = worker_count(cfg)
+    if todo:
+        print(f"run: {len(todo)} seed(s) to run ({', '.join(map(str, todo))}), {workers} at a time, "
+              f"{cfg.threads_per_seed} torch thread(s) each; logs in {run / 'seed-<k>' / 'log.txt'}")
+    timings = {}
+    if workers == 1:
+        for k in todo:
+            timings[k] = run_one_seed(seed_config(cfg, k), run / SEED_DIR.format(k), cfg.threads_per_seed)
+            _seed_done(manifest, run, k, timings[k])
+        return timings
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        futures = {pool.submit(run_one_seed, seed_config(cfg, k), run / SEED_DIR.format(k), cfg.threads_per_seed): k
+                   for k in todo}
+        for future in as_completed(futures):
+            k = futures[future]
+            timings[k] = future.result()
+            _seed_done(manifest, run, k, timings[k])
+    return timings
+
+
+def _seed_done(manifest: Manifest, run: Path, seed: int, seconds: float) -> None:
+    manifest.mark(f"seed-{seed}", "done", seconds=seconds)
+    claim = _claim_of(run / SEED_DIR.format(seed))
+    verdict = "" if claim is None else f"; claim {'holds' if claim['holds'] else 'does NOT hold'}: " + \
+        " / ".join(line.split(":", 1)[1].strip() for line in headline(claim))
+    print(f"run: seed {seed} done in {seconds:.0f} s{verdict}")
+
+
+def run_one_seed(cfg, seed_dir: Path, threads: int) -> float:
+    """One seed's experiment with a fixed torch thread count, its console output in seed_dir/log.txt."""
+    import torch
+
+    from pmopt.pipeline import run_experiment
+
+    seed_dir.mkdir(parents=True, exist_ok=True)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    start = time.perf_counter()
+    try:
+        with open(seed_dir / "log.txt", "a", encoding="utf-8") as log, contextlib.redirect_stdout(log), \
+                contextlib.redirect_stderr(log):
+            run_experiment(cfg, seed_dir, with_report=False)
+    finally:
+        torch.set_num_threads(previous)
+    return round(time.perf_counter() - start, 1)
+
+
+def _claim_of(seed_dir: Path) -> dict | None:
+    path = seed_dir / "bon" / "curves.jsonl"
+    return bon_claim(read_jsonl(path)) if path.is_file() else None
+
+
+def aggregate(cfg, run: Path) -> dict:
+    """Curves, statistics and the claim over seeds, written into RUN; returns the claims object."""
+    dirs = {k: run / SEED_DIR.format(k) for k in cfg.seeds}
+    for stage in ("bon", "ppo"):
+        per_seed = {k: read_jsonl(d / stage / "curves.jsonl") for k, d in dirs.items()
+                    if (d / stage / "curves.jsonl").is_file()}
+        if len(per_seed) == len(dirs):
+            rows = aggregate_rows(per_seed, n_boot=cfg.bon.n_boot, seed=0)
+            write_curves(run / stage, rows) if stage == "bon" else atomic_write_jsonl(run / stage / "curves.jsonl", rows)
+    for name, relative in (("world_stats", "world/world_stats.json"), ("probe_metrics", "probes/metrics.json")):
+        per_seed = {k: json.loads((d / relative).read_text(encoding="utf-8")) for k, d in dirs.items()
+                    if (d / relative).is_file()}
+        if per_seed:
+            atomic_write_json(run / "aggregate" / f"{name}.json", {"seeds": sorted(per_seed),
+                                                                   "values": aggregate_scalars(per_seed)})
+    claims = claims_summary({k: _claim_of(d) for k, d in dirs.items()}, run / "bon" / "curves.jsonl")
+    atomic_write_json(run / "claims.json", claims)
+    return claims
+
+
+def claims_summary(per_seed: dict[int, dict | None], curves: Path) -> dict:
+    """claims.json: the claim on the (aggregated) curves, each seed's verdict, and the sentence."""
+    overall = bon_claim(read_jsonl(curves)) if curves.is_file() else None
+    return {"claim": overall, "per_seed": {str(k): c for k, c in sorted(per_seed.items())},
+            "verdict": verdict_sentence(per_seed)}
+
+
+def print_headline(claims: dict, stream=None) -> None:
+    stream = stream or sys.stdout
+    if claims.get("claim") is not None:
+        for line in headline(claims["claim"]):
+            print(f"run: {line}", file=stream)
+    print(f"run: {claims['verdict']}", file=stream)
+
+
+__all__ = ["run_seeds", "aggregate", "claims_summary", "print_headline", "seed_config", "worker_count"]
