@@ -219,3 +219,22 @@ def test_curves_without_a_baseline_or_enough_points_are_skipped_with_a_reason():
     assert fits == []
     reasons = {s["pm"]: s["reason"] for s in skipped}
     assert reasons == {"a": "no n = 1 point (the baseline)", "b": "2 point(s) with KL > 0 (need 3)"}
+
+
+def test_report_shows_the_fits_table_and_fitted_curves(run_dir):
+    import re
+
+    from pmopt.report.html import build_report
+
+    assert main(["fit", str(run_dir), "--n-boot", "100"]) == 0
+    page = build_report(run_dir).read_text()
+    fit_plots = sorted((run_dir / "report" / "plots" / "fits").glob("*.png"))
+    assert [p.name for p in fit_plots] == sorted(
+        f"fit_{m}_{k}.png" for m, k in (("gold_reward", "bound"), ("gold_reward", "support"),
+                                         ("gold_reward", "measured"), ("probe_answer_syco_rate", "bound"),
+                                         ("probe_answer_syco_rate", "support")))
+    assert all(p.read_bytes().startswith(b"\x89PNG") for p in fit_plots)
+    section = page.split("Functional-form fits (Gao et al. 2022)")[1]
+    assert len(re.findall(r"<tr><td>", section.split("</table>")[0])) == 5
+    assert "none within range" in section and "proxy (PPO)" in section
+    assert len(re.findall(r'src="data:image/png;base64,', section)) == 5
