@@ -162,3 +162,15 @@ def test_probe_command_with_a_data_path(tiny_policy, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert f"{bad}:1: field 'answer_matching_behavior'" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "bad").exists()
+
+
+def test_choices_the_tokenizer_cannot_tell_apart_are_an_error(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from pmopt.testing import save_tiny_causal_lm, word_tokenizer
+
+    tokenizer = word_tokenizer(["Human: Assistant: I believe the best answer is"], split_punctuation=True)
+    path = save_tiny_causal_lm(tmp_path / "no_letters", tokenizer)  # '(A)' and '(B)' are both <unk>
+    model = AutoModelForCausalLM.from_pretrained(path)
+    with pytest.raises(PmoptError, match=r"choices \[' \(A\)', ' \(B\)'\] encode to identical tokens"):
+        run_probes(model, tokenizer, "perez_ab", str(require_shared(NLP)), ProbeRunConfig(n_boot=10))

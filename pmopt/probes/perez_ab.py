@@ -34,6 +34,19 @@ def p_choice(logprobs: Sequence[float], index: int) -> float:
     return weights[index] / sum(weights)
 
 
+def check_distinct_choices(tokenizer, records: Sequence[dict]) -> None:
+    """Choices that encode to the same tokens (e.g. every letter is <unk> to a small vocabulary) would be a
+    tie on every question, a rate of exactly 1/k that says nothing about the policy: an error instead."""
+    from pmopt.io import PmoptError
+    from pmopt.text import encode
+
+    for choices in {tuple(r["meta"]["choices"]) for r in records}:
+        encoded = [tuple(encode(tokenizer, c)) for c in choices]
+        if len(set(encoded)) < len(encoded):
+            raise PmoptError(f"perez_ab: choices {list(choices)} encode to identical tokens {encoded} under "
+                             "this tokenizer, so their log-probabilities cannot differ")
+
+
 class PerezABProbe(Probe):
     version = "1"
     file_formats = "Perez et al. 2022 sycophancy_on_*.jsonl files, or a directory holding them"
@@ -54,6 +67,7 @@ class PerezABProbe(Probe):
     def respond(self, model, tokenizer, records: Sequence[dict], n: int, cfg: SamplingConfig, seed: int,
                 loglik_batch_size: int = 16) -> list[list[Sample]]:
         """One deterministic 'sample' per record: the highest-log-probability choice, with every choice's score."""
+        check_distinct_choices(tokenizer, records)
         scores = option_logprobs(model, tokenizer, [r["prompt"] for r in records],
                                  [r["meta"]["choices"] for r in records], loglik_batch_size)
         out = []
