@@ -24,6 +24,7 @@ COMMANDS = {
     "ppo": ("pmopt.rl.ppo", "ppo_command", "PPO against a PM with a KL leash to the reference policy"),
     "probe": ("pmopt.probes.run", "probe_command", "run sycophancy / truthfulness probes on a policy"),
     "report": ("pmopt.report.html", "report_command", "tables, PNG plots and an HTML page for a run directory"),
+    "fit": ("pmopt.analysis.fits", "fit_command", "fit Gao et al. 2022's gold-vs-KL forms to a run's curves"),
 }
 
 
@@ -57,6 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
         elif name == "report":
             cmd.add_argument("run_dir", help="a run directory")
             cmd.add_argument("--out", default=None, help="where to write (default RUN_DIR/report)")
+            cmd.set_defaults(config=None, overrides=[])
+        elif name == "fit":
+            cmd.add_argument("run_dir", help="a run directory with bon/curves.jsonl and/or ppo/curves.jsonl")
+            cmd.add_argument("--metric", action="append", default=[], help="metric to fit (repeatable; "
+                             "default gold/reward and probe/answer/syco_rate)")
+            cmd.add_argument("--n-boot", type=int, default=2000, help="bootstrap refits for the intervals")
+            cmd.add_argument("--seed", type=int, default=0)
+            cmd.add_argument("--out", default=None, help="where to write fits.json (default RUN_DIR)")
             cmd.set_defaults(config=None, overrides=[])
         else:
             _common(cmd)

@@ -183,8 +183,10 @@ def stage_ppo(cfg: ExperimentConfig, run: Path) -> None:
 
 
 def stage_report(cfg: ExperimentConfig, run: Path) -> None:
+    from pmopt.analysis.fits import write_fits
     from pmopt.report.html import build_report
 
+    write_fits(run)  # RUN/fits.json: Gao et al. 2022 forms fitted to the curves, shown in the report
     build_report(run)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pmopt.io import PmoptError
-from pmopt.probes import answer, are_you_sure, feedback, mimicry, truthfulness
+from pmopt.probes import answer, are_you_sure, feedback, mimicry, perez_ab, truthfulness
 from pmopt.probes.base import Probe
 
 PROBES: dict[str, Probe] = {}
@@ -19,8 +19,9 @@ def register(probe: Probe) -> Probe:
     return probe
 
 
-for _module in (answer, are_you_sure, feedback, mimicry, truthfulness):
+for _module in (answer, are_you_sure, feedback, mimicry, truthfulness, perez_ab):
     register(_module.PROBE)
+register(perez_ab.CHAT_PROBE)  # the same records in the policy's chat template
 
 DEFAULT_PROBES = ("answer", "are_you_sure", "feedback", "mimicry", "truthfulness")
 

@@ -22,7 +22,7 @@ import math
 from pathlib import Path
 
 from pmopt.io import PmoptError, atomic_write_text, read_jsonl
-from pmopt.report.plots import plot_all
+from pmopt.report.plots import plot_all, plot_fits
 
 CURVE_FILES = ("bon/curves.jsonl", "ppo/curves.jsonl", "curves.jsonl")
 JSON_TABLES = (("World statistics", "world/world_stats.json"), ("Probe metrics", "probes/metrics.json"),
@@ -57,10 +57,12 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
     claims = _read_json_dict(run_dir / "claims.json") if (run_dir / "claims.json").is_file() else None
 
     out_dir = Path(out_dir) if out_dir is not None else run_dir / "report"
+    fits = _read_json_dict(run_dir / "fits.json").get("fits", []) if (run_dir / "fits.json").is_file() else []
     plots = plot_all(rows, out_dir / "plots")
+    fit_plots = plot_fits(fits, out_dir / "plots" / "fits")
     summary = summary_rows(rows)
     atomic_write_text(out_dir / "summary.csv", summary_csv(summary))
-    page = render_html(run_dir, summary, plots, tables, config_text, claims)
+    page = render_html(run_dir, summary, plots, tables, config_text, fits, fit_plots, claims)
     return atomic_write_text(out_dir / "report.html", page)
 
 
@@ -179,7 +181,8 @@ pre { background: #f6f8fa; padding: 1em; overflow-x: auto; font-size: .85em; }
 
 
 def render_html(run_dir: Path, summary: list[dict], plots: list[Path], tables: list[tuple[str, dict]],
-                config_text: str | None, claims: dict | None = None) -> str:
+                config_text: str | None, fits: list[dict] = (), fit_plots: list[Path] = (),
+                claims: dict | None = None) -> str:
     parts = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
         f"<title>pmopt report: {_e(run_dir.name)}</title><style>{STYLE}</style></head><body>",
@@ -193,6 +196,11 @@ def render_html(run_dir: Path, summary: list[dict], plots: list[Path], tables: l
         "KL is the bound log n − (n−1)/n unless the sweep reports the exact value).</p>",
         "<h2>Plots</h2>", _plots_section(plots),
     ]
+    if fits:
+        parts += ["<h2>Functional-form fits (Gao et al. 2022)</h2>", _fits_table(fits),
+                  '<p class="note">From fits.json (<code>pmopt fit</code>): gold − gold(0) = d(α − βd) for best-of-n, '
+                  "d(α − β log d) for RL, d = sqrt(KL); 95% bootstrap intervals; peak KL where the fitted curve "
+                  "turns over inside the measured range.</p>", _plots_section(fit_plots)]
     for title, data in tables:
         parts += [f"<h2>{_e(title)}</h2>", _dict_table(data)]
     if config_text is not None:
@@ -241,6 +249,18 @@ def _summary_table(summary: list[dict]) -> str:
             cells += [f'{s["x"]} = {s[f"{tag}_x"]}', fmt(s[f"{tag}_value"]),
                       _ci(s[f"{tag}_ci_low"], s[f"{tag}_ci_high"]), fmt(s[f"{tag}_kl"])]
         cells.append(fmt(s["change"]))
+        body.append("<tr>" + "".join(_td(c, i) for i, c in enumerate(cells)) + "</tr>")
+    return f"<table>{head}{''.join(body)}</table>"
+
+
+def _fits_table(fits: list[dict]) -> str:
+    head = ("<tr><th>PM</th><th>metric</th><th>KL</th><th>points</th><th>α</th><th>CI</th><th>β</th><th>CI</th>"
+            "<th>R²</th><th>peak KL</th></tr>")
+    body = []
+    for f in fits:
+        peak = fmt(f["peak"]["kl"]) if f["peak"]["kl"] is not None else "none within range"
+        cells = [_e(f["label"]), _e(f["metric"]), _e(f["kl_kind"]), str(f["n_points"]), fmt(f["alpha"]),
+                 _ci(*f["alpha_ci"]), fmt(f["beta"]), _ci(*f["beta_ci"]), fmt(f["r2"]), peak]
         body.append("<tr>" + "".join(_td(c, i) for i, c in enumerate(cells)) + "</tr>")
     return f"<table>{head}{''.join(body)}</table>"
 

@@ -87,6 +87,33 @@ def plot_all(rows: list[dict], out_dir: str | Path) -> list[Path]:
     return paths
 
 
+def plot_fits(fits: list[dict], out_dir: str | Path) -> list[Path]:
+    """Gao et al. 2022 fits (`pmopt.analysis.fits`): per metric and KL kind, each curve's measured points
+    with its fitted gold(0) + d(α − βd) (best-of-n) or gold(0) + d(α − β log d) (RL) drawn over them."""
+    from pmopt.analysis.fits import features
+
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for fit in fits:
+        groups[(fit["metric"], fit["kl_kind"])].append(fit)
+    colours = pm_colours(fits)
+    paths = []
+    for (metric, kl_kind), members in sorted(groups.items()):
+        fig, ax = _new_figure(metric)
+        ax.set_title(f"{metric}: Gao et al. 2022 form fitted")
+        for fit in members:
+            method = "bon" if fit["method"] == "bon" else "ppo"
+            kl = [p["kl"] for p in fit["points"]]
+            ax.plot(kl, [p["value"] for p in fit["points"]], linestyle="none", marker=MARKER[method],
+                    color=colours[fit["pm"]], label=f"{fit['label']} measured")
+            grid = [fit["kl_max"] * i / 200 for i in range(201)]
+            curve = features(fit["form"], [math.sqrt(k) for k in grid]) @ [fit["alpha"], fit["beta"]]
+            ax.plot(grid, fit["baseline"] + curve, linestyle="-" if method == "bon" else "--",
+                    color=colours[fit["pm"]], label=f"{fit['label']} fit (R² {_r2(fit['r2'])})")
+        ax.set_xlabel(f"KL(policy ‖ base) [nats] ({kl_kind})")
+        paths.append(_save(fig, ax, Path(out_dir) / f"fit_{slug(metric)}_{kl_kind}.png"))
+    return paths
+
+
 def rows_on_support_kl(rows: list[dict]) -> list[dict]:
     """The rows with each best-of-n point moved from the KL bound to its PM's `kl/support` at that n.
 
@@ -159,6 +186,10 @@ def _draw(ax, points: list[dict], x_key: str, colour: str, method: str, label: s
         p = band[0]
         ax.errorbar([p[x_key]], [p["value"]], yerr=[[p["value"] - p["ci_low"]], [p["ci_high"] - p["value"]]],
                     color=colour, capsize=3, linewidth=1)
+
+
+def _r2(value) -> str:
+    return f"{value:.2f}" if _finite(value) else "n/a"
 
 
 def _finite(value) -> bool:
