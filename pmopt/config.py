@@ -105,7 +105,9 @@ def from_dict(cls: type[T], data: Any, source: str = "<config>", prefix: str = "
         try:
             validate()
         except ValueError as exc:
-            raise ConfigError(f"{source}: {exc}") from None
+            # a section's messages name its keys from its own name on ("sampling.top_p ..."): prefix the path above it
+            parent = prefix.rstrip(".").rpartition(".")[0]
+            raise ConfigError(f"{source}: {parent + '.' if parent else ''}{exc}") from None
     return obj
 
 
@@ -158,6 +160,24 @@ def _coerce(hint: Any, value: Any, source: str, key: str) -> Any:
     return value
 
 
+def validate_all(obj: Any) -> None:
+    """Call `validate()` on a config and on every config nested in it (depth first); raises ValueError.
+
+    `from_dict` does this as it builds; a config assembled in Python (the pipeline's per-stage configs)
+    gets the same checks through this."""
+    if isinstance(obj, (list, tuple)):
+        for item in obj:
+            validate_all(item)
+        return
+    if not dataclasses.is_dataclass(obj):
+        return
+    for f in dataclasses.fields(obj):
+        validate_all(getattr(obj, f.name))
+    validate = getattr(obj, "validate", None)
+    if callable(validate):
+        validate()
+
+
 def to_dict(obj: Any) -> Any:
     """A config dataclass as plain data (for `config.yaml` in a run directory)."""
     if dataclasses.is_dataclass(obj):
@@ -173,4 +193,4 @@ def dump_yaml(obj: Any) -> str:
     return yaml.safe_dump(to_dict(obj), sort_keys=False)
 
 
-__all__ = ["ConfigError", "load_config", "from_dict", "to_dict", "dump_yaml", "apply_overrides"]
+__all__ = ["ConfigError", "load_config", "from_dict", "to_dict", "dump_yaml", "apply_overrides", "validate_all"]
