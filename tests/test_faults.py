@@ -268,3 +268,26 @@ def test_lock_is_exclusive_within_one_process(tmp_path):
     with OutDirLock(tmp_path):
         pass
     assert time.perf_counter() - started < 1.0
+
+
+def test_disk_full_while_score_writes_keeps_previous_scores(tiny_pm, tmp_path, monkeypatch, capsys):
+    """End to end: `pmopt score` over a previous result on a disk that fills up at fsync."""
+    from pmopt.cli import main
+
+    records = tmp_path / "records.jsonl"
+    records.write_text(json.dumps({"prompt": "question apple ?", "response": "good dog"}) + "\n")
+    out = tmp_path / "scores"
+    assert main(["score", "--pm", str(tiny_pm), "--input", str(records), "--out", str(out)]) == 0
+    previous = (out / "scores.jsonl").read_bytes()
+
+    def fsync(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pio.os, "fsync", fsync)
+    capsys.readouterr()
+    assert main(["score", "--pm", str(tiny_pm), "--input", str(records), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "scores.jsonl: could not write: the disk is full (ENOSPC); the previous file is intact" in err
+    assert "Traceback" not in err
+    assert (out / "scores.jsonl").read_bytes() == previous
+    assert sorted(p.name for p in out.iterdir()) == ["scores.jsonl"]  # no temp file, no lock file
