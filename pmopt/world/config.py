@@ -64,6 +64,7 @@ class PolicyModelConfig:
     warmup_steps: int = 100
     weight_decay: float = 0.01
     threads: int = 0  # torch CPU threads; 0 = leave torch's default
+    checkpoint_every: int = 250  # save model, optimizer and RNG state every this many steps (0 = never)
 
     def validate(self) -> None:
         checks = [
@@ -72,8 +73,8 @@ class PolicyModelConfig:
             (self.hidden_size % max(self.num_heads, 1) == 0, "policy.hidden_size must be a multiple of policy.num_heads"),
             (self.steps >= 1 and self.batch_size >= 1, "policy.steps and policy.batch_size must be >= 1"),
             (self.learning_rate > 0, "policy.learning_rate must be > 0"),
-            (self.warmup_steps >= 0 and self.weight_decay >= 0 and self.threads >= 0,
-             "policy.warmup_steps / weight_decay / threads must be >= 0"),
+            (min(self.warmup_steps, self.weight_decay, self.threads, self.checkpoint_every) >= 0,
+             "policy.warmup_steps / weight_decay / threads / checkpoint_every must be >= 0"),
         ]
         for ok, message in checks:
             if not ok:
