@@ -2,7 +2,8 @@
 
 Each command is `module:function(args) -> Path` where `args` carries `config` (YAML path or None),
 `overrides` (the `--set` list), `out` (or None) and the command's own flags. Errors caused by the
-user's input (`PmoptError`) print one line and exit with code 2; nothing else is caught.
+user's input (`PmoptError`) print one line and exit with code 2; nothing else is caught. The lock on
+the command's output directory (`pmopt.io.prepare_out_dir`) is released when the command ends.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import importlib
 import os
 import sys
 
-from pmopt.io import PmoptError
+from pmopt.io import PmoptError, release_out_dirs
 
 # command -> (module, function, help). Modules are imported lazily so `pmopt --help` is instant.
 COMMANDS = {
@@ -79,8 +80,11 @@ def main(argv: list[str] | None = None) -> int:
         function = getattr(importlib.import_module(module_name), function_name)
         result = function(args)
     except PmoptError as exc:
-        print(f"pmopt {args.command}: error: {exc}", file=sys.stderr)
+        one_line = " ".join(part.strip() for part in str(exc).splitlines() if part.strip())
+        print(f"pmopt {args.command}: error: {one_line}", file=sys.stderr)
         return 2
+    finally:
+        release_out_dirs()  # the --out lock, however the command ended
     if result is not None:
         print(f"pmopt {args.command}: results in {os.fspath(result)}")
     return 0

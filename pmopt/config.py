@@ -29,14 +29,28 @@ def load_yaml(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start + 1})") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+        raise ConfigError(f"{yaml_where(exc, str(path))}: invalid YAML: {yaml_problem(exc)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return data
+
+
+def yaml_where(exc: yaml.YAMLError, source: str) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    return f"{source}:{mark.line + 1}" if mark is not None else source
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's messages span several lines; the problem alone is one."""
+    return getattr(exc, "problem", None) or str(exc).splitlines()[0]
 
 
 def apply_overrides(data: dict, overrides: list[str] | None, source: str = "--set") -> dict:
@@ -45,7 +59,10 @@ def apply_overrides(data: dict, overrides: list[str] | None, source: str = "--se
         if "=" not in item:
             raise ConfigError(f"{source}: expected KEY=VALUE, got '{item}'")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else ""
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{source}: '{key}': value {raw!r} is not valid YAML: {yaml_problem(exc)}") from None
         node = data
         parts = key.strip().split(".")
         for part in parts[:-1]:
@@ -88,7 +105,9 @@ def from_dict(cls: type[T], data: Any, source: str = "<config>", prefix: str = "
         try:
             validate()
         except ValueError as exc:
-            raise ConfigError(f"{source}: {exc}") from None
+            # a section's messages name its keys from its own name on ("sampling.top_p ..."): prefix the path above it
+            parent = prefix.rstrip(".").rpartition(".")[0]
+            raise ConfigError(f"{source}: {parent + '.' if parent else ''}{exc}") from None
     return obj
 
 
@@ -141,6 +160,24 @@ def _coerce(hint: Any, value: Any, source: str, key: str) -> Any:
     return value
 
 
+def validate_all(obj: Any) -> None:
+    """Call `validate()` on a config and on every config nested in it (depth first); raises ValueError.
+
+    `from_dict` does this as it builds; a config assembled in Python (the pipeline's per-stage configs)
+    gets the same checks through this."""
+    if isinstance(obj, (list, tuple)):
+        for item in obj:
+            validate_all(item)
+        return
+    if not dataclasses.is_dataclass(obj):
+        return
+    for f in dataclasses.fields(obj):
+        validate_all(getattr(obj, f.name))
+    validate = getattr(obj, "validate", None)
+    if callable(validate):
+        validate()
+
+
 def to_dict(obj: Any) -> Any:
     """A config dataclass as plain data (for `config.yaml` in a run directory)."""
     if dataclasses.is_dataclass(obj):
@@ -156,4 +193,4 @@ def dump_yaml(obj: Any) -> str:
     return yaml.safe_dump(to_dict(obj), sort_keys=False)
 
 
-__all__ = ["ConfigError", "load_config", "from_dict", "to_dict", "dump_yaml", "apply_overrides"]
+__all__ = ["ConfigError", "load_config", "from_dict", "to_dict", "dump_yaml", "apply_overrides", "validate_all"]

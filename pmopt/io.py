@@ -2,18 +2,27 @@
 
 Every file pmopt writes goes through `atomic_write_*`: the bytes land in a temporary file in the same
 directory, are fsynced, then renamed over the target, so a killed process never leaves a half-written
-file behind. Every JSONL read goes through `read_jsonl`, whose errors name the file, the line and the
-field.
+file behind, and a disk that fills up mid-write leaves the previous file as it was. Every JSONL read
+goes through `read_jsonl`, whose errors name the file, the line and the field (bad JSON, bytes that are
+not UTF-8, a truncated gzip stream). Every command's output directory goes through `prepare_out_dir`,
+which refuses a path that is a file or not writable and locks the directory (`OutDirLock`) so that two
+processes never write one `--out`.
 """
 
 from __future__ import annotations
 
+import atexit
 import datetime as _dt
+import errno
+import fcntl
 import gzip
 import json
 import os
+import socket
 import subprocess
+import sys
 import tempfile
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,9 +50,12 @@ class RecordError(PmoptError):
 def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8"):
     """Open a temporary sibling of `path`; on clean exit fsync and rename it over `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     binary = "b" in mode
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise write_error(path, exc) from None
     try:
         with os.fdopen(fd, mode, encoding=None if binary else encoding) as handle:
             yield handle
@@ -51,9 +63,31 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file normal permissions
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS:
+            raise write_error(path, exc) from None
         raise
+
+
+# errno -> what it means for the user. A full disk (ENOSPC) or quota (EDQUOT) can surface at write(),
+# at fsync() (delayed allocation) or at close(); each leaves the target untouched and the temp removed.
+WRITE_ERRNOS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+}
+
+
+def write_error(path: Path, exc: OSError) -> Exception:
+    """A one-line PmoptError for a failed write (other OS errors are not the user's input: re-raised)."""
+    reason = WRITE_ERRNOS.get(exc.errno)
+    if reason is None:
+        return exc
+    kept = "the previous file is intact" if path.exists() else "nothing was written"
+    return PmoptError(f"{path}: could not write: {reason} ({errno.errorcode[exc.errno]}); {kept}")
 
 
 def _umask() -> int:
@@ -82,10 +116,15 @@ def atomic_write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> Path
 def append_jsonl(path: str | os.PathLike, record: dict) -> None:
     """Append one line (metrics logs). A torn last line is skipped on read by `read_metrics`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record, default=_json_default) + "\n")
-        handle.flush()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record, default=_json_default) + "\n")
+            handle.flush()
+    except OSError as exc:
+        if exc.errno in WRITE_ERRNOS:
+            raise write_error(path, exc) from None
+        raise
 
 
 def _json_default(obj: Any) -> Any:
@@ -101,10 +140,44 @@ def _json_default(obj: Any) -> Any:
 Validator = Callable[[dict, Callable[[str | None, str], RecordError]], None]
 
 
-def _open_text(path: Path):
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")
+def _open_binary(path: Path):
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+def text_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of a UTF-8 file (gzip when the name ends in .gz; a leading BOM is dropped).
+
+    Lines are decoded one at a time, so bytes that are not UTF-8 are an error naming their line, and a
+    truncated or corrupt gzip stream is an error naming the line it broke off at.
+    """
+    number = 0
+    try:
+        with _open_binary(path) as handle:
+            for number, raw in enumerate(handle, start=1):
+                yield number, decode_line(path, number, raw)
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise RecordError(path, number + 1, None, f"truncated or corrupt gzip file ({exc})") from None
+
+
+def decode_line(path: Path, number: int, raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8-sig" if number == 1 else "utf-8")
+    except UnicodeDecodeError as exc:
+        raise RecordError(path, number, None, f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at byte "
+                                              f"{exc.start + 1} of the line)") from None
+
+
+def read_json_file(path: str | os.PathLike) -> Any:
+    """A whole JSON file; malformed JSON or bytes that are not UTF-8 are one-line errors naming it."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise PmoptError(f"{path}: not UTF-8 text (byte {exc.start + 1})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise PmoptError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg} at column {exc.colno})") from None
 
 
 def iter_jsonl(path: str | os.PathLike, validate: Validator | None = None) -> Iterator[tuple[int, dict]]:
@@ -115,19 +188,18 @@ def iter_jsonl(path: str | os.PathLike, validate: Validator | None = None) -> It
     path = Path(path)
     if not path.is_file():
         raise RecordError(path, None, None, "file not found")
-    with _open_text(path) as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise RecordError(path, number, None, f"malformed JSON ({exc.msg} at column {exc.colno})") from None
-            if not isinstance(record, dict):
-                raise RecordError(path, number, None, f"expected a JSON object, got {type(record).__name__}")
-            if validate is not None:
-                validate(record, lambda field, msg, _n=number: RecordError(path, _n, field, msg))
-            yield number, record
+    for number, line in text_lines(path):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise RecordError(path, number, None, f"malformed JSON ({exc.msg} at column {exc.colno})") from None
+        if not isinstance(record, dict):
+            raise RecordError(path, number, None, f"expected a JSON object, got {type(record).__name__}")
+        if validate is not None:
+            validate(record, lambda field, msg, _n=number: RecordError(path, _n, field, msg))
+        yield number, record
 
 
 def read_jsonl(path: str | os.PathLike, validate: Validator | None = None) -> list[dict]:
@@ -141,7 +213,7 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
     if not path.exists():
         return []
     rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError:
@@ -168,9 +240,196 @@ def default_out_dir(command: str, root: str | os.PathLike = "checkpoints") -> Pa
 
 
 def prepare_out_dir(out: str | os.PathLike | None, command: str) -> Path:
+    """Create and lock a command's output directory; call it before any heavy work.
+
+    `--out` that is a file, or cannot be created or written, is a one-line error. The lock is held until
+    `release_out_dirs()` (the CLI calls it when the command ends, however it ends) or process exit.
+    Under a distributed launch only rank 0 locks: every rank of one job shares its `--out`.
+    """
     path = Path(out) if out is not None else default_out_dir(command)
-    path.mkdir(parents=True, exist_ok=True)
+    created = make_out_dir(path)
+    if _distributed_rank() != 0:
+        return path
+    lock = OutDirLock(path, created=created)
+    try:
+        lock.acquire()
+    except BaseException:
+        lock.remove_created_dirs()
+        raise
+    _HELD_LOCKS.append(lock)
     return path
+
+
+def make_out_dir(path: Path) -> Path | None:
+    """mkdir -p `path`; returns the top-most directory this call created (None if `path` existed)."""
+    if path.exists() and not path.is_dir():
+        raise PmoptError(f"--out {path}: exists and is not a directory")
+    top = None
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            break
+        top = candidate
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise PmoptError(f"--out {path}: a parent of it is a file, not a directory") from None
+    except OSError as exc:
+        raise PmoptError(f"--out {path}: cannot create the directory: {exc.strerror}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise PmoptError(f"--out {path}: the directory is not writable")
+    return top
+
+
+def _distributed_rank() -> int:
+    """This process's global rank under torchrun / accelerate launch (0 when not distributed)."""
+    try:
+        return int(os.environ.get("RANK", "0") or 0)
+    except ValueError:
+        return 0
+
+
+LOCK_FILE = ".pmopt.lock"
+_HELD_LOCKS: list[OutDirLock] = []
+
+
+class OutDirLock:
+    """An exclusive lock on an output directory: one pmopt process writes a given `--out` at a time.
+
+    The lock is flock(2) on OUT/.pmopt.lock. The kernel drops it when its holder exits however it exits
+    (kill -9 included), so a lock file left by a dead process is stale: the next process takes it over
+    and says whose it was. The file records the holder (pid, host, start time, command) for the error a
+    second process gets. Where the file system has no flock, a lock file counts as held unless its pid
+    is on this host and not running. The file is removed on release.
+    """
+
+    def __init__(self, directory: str | os.PathLike, created: Path | None = None):
+        self.directory, self.created = Path(directory), created
+        self.path = self.directory / LOCK_FILE
+        self._fd: int | None = None
+
+    def __enter__(self) -> OutDirLock:
+        return self.acquire()
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self) -> OutDirLock:
+        # A holder may remove the file between our open() and flock(); we would then hold a lock on an
+        # unlinked inode, so check that the path still names our file and otherwise try again.
+        for _ in range(5):
+            fd = self._open()
+            if not self._lock(fd):
+                holder = _read_holder(fd)
+                os.close(fd)
+                raise PmoptError(f"{self.directory}: in use by another pmopt process ({describe_holder(holder)}); "
+                                 "wait for it to finish or use another --out")
+            if _names_same_file(fd, self.path):
+                self._take(fd)
+                return self
+            os.close(fd)
+        raise PmoptError(f"{self.path}: the lock file kept changing under us; try again")
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        try:
+            self.path.unlink(missing_ok=True)  # while still locked: nobody can take the old inode for ours
+        finally:
+            os.close(fd)  # closing the last descriptor drops the flock
+        self.remove_created_dirs()
+
+    def remove_created_dirs(self) -> None:
+        """Remove the directories `prepare_out_dir` created, if they are still empty (a failed command
+        leaves no empty --out behind)."""
+        if self.created is None:
+            return
+        for directory in (self.directory, *self.directory.parents):
+            try:
+                directory.rmdir()
+            except OSError:
+                return
+            if directory == self.created:
+                return
+
+    def _open(self) -> int:
+        try:
+            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise PmoptError(f"--out {self.directory}: cannot create its lock file: {exc.strerror}") from None
+
+    def _lock(self, fd: int) -> bool:
+        """True if we got the lock; False if a live process holds it."""
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
+        except OSError:  # no flock on this file system: fall back to the holder's pid
+            holder = _read_holder(fd)
+            return holder is None or not holder_alive(holder)
+
+    def _take(self, fd: int) -> None:
+        stale = _read_holder(fd)
+        if stale is not None and stale.get("pid") != os.getpid():
+            print(f"pmopt: {self.directory}: taking over a stale lock ({describe_holder(stale)}; not running)",
+                  file=sys.stderr)
+        info = {"pid": os.getpid(), "host": socket.gethostname(),
+                "started": _dt.datetime.now().isoformat(timespec="seconds"), "command": " ".join(sys.argv)[:300]}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+        self._fd = fd
+
+
+def _read_holder(fd: int) -> dict | None:
+    raw = os.pread(fd, 4096, 0)
+    if not raw.strip():
+        return None
+    try:
+        holder = json.loads(raw.decode("utf-8", errors="replace"))
+    except json.JSONDecodeError:
+        return {"pid": None, "host": None, "started": None}
+    return holder if isinstance(holder, dict) else {"pid": None, "host": None, "started": None}
+
+
+def _names_same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
+def holder_alive(holder: dict) -> bool:
+    """Whether a lock's holder may still run: a pid on another host cannot be checked, so it counts."""
+    pid = holder.get("pid")
+    if not isinstance(pid, int) or holder.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    return True
+
+
+def describe_holder(holder: dict | None) -> str:
+    if not holder:
+        return "holder unknown"
+    return f"pid {holder.get('pid')} on {holder.get('host')}, started {holder.get('started')}"
+
+
+def release_out_dirs() -> None:
+    """Release every output-directory lock this process took (newest first)."""
+    while _HELD_LOCKS:
+        _HELD_LOCKS.pop().release()
+
+
+atexit.register(release_out_dirs)
 
 
 def git_hash() -> str | None:
@@ -237,7 +496,9 @@ class Manifest:
     def __init__(self, run_dir: str | os.PathLike):
         self.path = Path(run_dir) / "manifest.json"
         if self.path.exists():
-            self.data = json.loads(self.path.read_text(encoding="utf-8"))
+            self.data = read_json_file(self.path)
+            if not isinstance(self.data, dict) or not isinstance(self.data.get("stages"), dict):
+                raise PmoptError(f"{self.path}: not a pmopt manifest (expected an object with 'stages')")
         else:
             self.data = {"created": _dt.datetime.now().isoformat(timespec="seconds"),
                          "git": git_hash(), "versions": package_versions(), "environment": environment(),

@@ -105,14 +105,19 @@ def pm_config(cfg: ExperimentConfig, run: Path, pairs_dir: str, ensemble_size: i
     )
 
 
-def stage_pms(cfg: ExperimentConfig, run: Path, manifest: Manifest) -> None:
-    """Each PM is its own sub-stage, so a resumed run retrains only what is unfinished."""
+def pm_jobs(cfg: ExperimentConfig) -> list[tuple[str, str, int, int]]:
+    """(name, pairs dir, ensemble size, seed offset) of every PM the run trains."""
     jobs = [("proxy", "pairs", 1, 0)]
     if cfg.pm.unbiased:
         jobs.append(("unbiased", "pairs_unbiased", 1, 0))
     if cfg.pm.ensemble_size > 1:
         jobs.append(("ensemble", "pairs", cfg.pm.ensemble_size, 1000))
-    for name, pairs_dir, k, offset in jobs:
+    return jobs
+
+
+def stage_pms(cfg: ExperimentConfig, run: Path, manifest: Manifest) -> None:
+    """Each PM is its own sub-stage, so a resumed run retrains only what is unfinished."""
+    for name, pairs_dir, k, offset in pm_jobs(cfg):
         stage = f"pm/{name}"
         if manifest.is_done(stage):
             continue
@@ -142,14 +147,19 @@ def stage_bon(cfg: ExperimentConfig, run: Path) -> None:
     run_bon(bon_config(cfg, run), run / "bon")
 
 
-def stage_probes(cfg: ExperimentConfig, run: Path) -> None:
-    from pmopt.probes.run import ProbeRunConfig, run_probe_config
+def probe_config(cfg: ExperimentConfig, run: Path):
+    from pmopt.probes.run import ProbeRunConfig
 
     p = cfg.probes
-    probe_cfg = ProbeRunConfig(policy=str(run / "world" / "policy"), probes=list(p.probes), world=str(run / "world"),
-                               sampling=p.sampling, samples_per_prompt=p.samples_per_prompt, seed=cfg.seed,
-                               n_boot=p.n_boot)
-    run_probe_config(probe_cfg, run / "probes")
+    return ProbeRunConfig(policy=str(run / "world" / "policy"), probes=list(p.probes), world=str(run / "world"),
+                          sampling=p.sampling, samples_per_prompt=p.samples_per_prompt, seed=cfg.seed,
+                          n_boot=p.n_boot)
+
+
+def stage_probes(cfg: ExperimentConfig, run: Path) -> None:
+    from pmopt.probes.run import run_probe_config
+
+    run_probe_config(probe_config(cfg, run), run / "probes")
 
 
 PPO_PMS = ("proxy", "proxy-nonsyc", "unbiased")
@@ -169,17 +179,23 @@ def ppo_overrides(cfg: ExperimentConfig, run: Path, pm: str) -> list[str]:
 def stage_ppo(cfg: ExperimentConfig, run: Path) -> None:
     """One PPO run per PM (each resumes on its own), then their curves merged for the report."""
     from pmopt.io import atomic_write_jsonl, read_jsonl
-    from pmopt.rl.config import PPOConfig
     from pmopt.rl.ppo import run_ppo
 
-    if cfg.ppo.config is None:
-        raise PmoptError("ppo.enabled is true but ppo.config names no PPO config file")
-    configs = {pm: load_config(PPOConfig, cfg.ppo.config, ppo_overrides(cfg, run, pm)) for pm in cfg.ppo.pms}
+    configs = ppo_configs(cfg, run)
     rows = []
     for pm, ppo_cfg in configs.items():
         out = run_ppo(ppo_cfg, run / "ppo" / pm)
         rows += read_jsonl(Path(out) / "curves.jsonl")
     atomic_write_jsonl(run / "ppo" / "curves.jsonl", rows)
+
+
+def ppo_configs(cfg: ExperimentConfig, run: Path) -> dict:
+    """PM name -> the PPO config of its run (the YAML file plus this run's paths and overrides)."""
+    from pmopt.rl.config import PPOConfig
+
+    if cfg.ppo.config is None:
+        raise PmoptError("ppo.enabled is true but ppo.config names no PPO config file")
+    return {pm: load_config(PPOConfig, cfg.ppo.config, ppo_overrides(cfg, run, pm)) for pm in cfg.ppo.pms}
 
 
 def stage_report(cfg: ExperimentConfig, run: Path) -> None:
@@ -188,6 +204,34 @@ def stage_report(cfg: ExperimentConfig, run: Path) -> None:
 
     write_fits(run)  # RUN/fits.json: Gao et al. 2022 forms fitted to the curves, shown in the report
     build_report(run)
+
+
+# ----------------------------------------------------------------------------- checks before any stage
+
+
+def validate_experiment(cfg: ExperimentConfig, run: Path) -> None:
+    """Build every stage's config and check it without doing any work, so that a bad value in a late
+    stage (`bon.n_max=-4`, a missing `ppo.config`) fails in seconds, not after the world and PMs are built.
+
+    Paths the stages create (the world, the PMs) cannot be checked yet; paths that must exist before
+    the run (the PPO YAML, its prompt file and probe sources, a value model) are.
+    """
+    from pmopt.pm.train import _validate_config
+    from pmopt.preflight import check_bon_probes, check_ppo_inputs, check_section, known_probes
+
+    check_section("world", cfg.world)
+    for _, pairs_dir, k, offset in pm_jobs(cfg):
+        pm_cfg = pm_config(cfg, run, pairs_dir, k, offset)
+        check_section("pm", pm_cfg)
+        _validate_config(pm_cfg)  # trackers installed
+    check_section("bon", bon_config(cfg, run))
+    check_bon_probes(cfg.bon.probes)
+    if cfg.probes.enabled:
+        check_section("probes", probe_config(cfg, run))
+        known_probes("probes.probes", cfg.probes.probes)
+    if cfg.ppo.enabled:
+        for ppo_cfg in ppo_configs(cfg, run).values():
+            check_ppo_inputs(ppo_cfg)
 
 
 # ----------------------------------------------------------------------------- the job
@@ -231,6 +275,7 @@ def run_experiment(cfg: ExperimentConfig, run: Path, with_report: bool = True) -
     """The job on one seed, or on every seed of `cfg.seeds` followed by the aggregate over seeds."""
     from pmopt.multiseed import print_headline
 
+    validate_experiment(cfg, run)
     check_same_config(run, cfg)
     run.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run / "config.yaml", dump_yaml(cfg))

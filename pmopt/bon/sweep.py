@@ -43,7 +43,7 @@ from pmopt.bon.shards import (
     write_samples_meta,
 )
 from pmopt.config import ConfigError, dump_yaml, load_config, to_dict
-from pmopt.io import Manifest, PmoptError, atomic_write_text, default_out_dir
+from pmopt.io import Manifest, PmoptError, atomic_write_text, default_out_dir, prepare_out_dir
 from pmopt.policy import AttnImplementation
 from pmopt.sampling import SamplingConfig
 
@@ -356,7 +356,7 @@ def bon_command(args) -> Path:
         raise PmoptError("pmopt bon needs a CONFIG (e.g. configs/bon/world.yaml)")
     cfg = load_config(BonConfig, args.config, args.overrides)
     state = process_state()
-    return run_bon(cfg, _out_dir(args.out, state), accelerator=state)
+    return run_bon(cfg, prepare_out_dir(_out_dir(args.out, state), "bon"), accelerator=state)
 
 
 def _out_dir(out: str | None, state) -> Path:

@@ -27,9 +27,9 @@ def score_command(args) -> Path:
         raise PmoptError(f"--batch-size: must be >= 1, got {batch_size}")
     if not Path(args.pm).exists():
         raise PmoptError(f"--pm: {args.pm}: no such directory")
+    out = prepare_out_dir(getattr(args, "out", None), "score")  # a bad --out fails before the PM loads
     pm = PreferenceModel.load(args.pm)
     scored = score_records(pm, records, prefix, batch_size)
-    out = prepare_out_dir(getattr(args, "out", None), "score")
     atomic_write_jsonl(out / "scores.jsonl", scored)
     return out
 

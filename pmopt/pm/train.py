@@ -34,7 +34,14 @@ from transformers import TrainerCallback
 
 from pmopt.config import ConfigError, dump_yaml, load_config
 from pmopt.data.preferences import check_pairs, load_pairs, looks_like_hub_id, pair_source, split_pairs
-from pmopt.io import PmoptError, append_jsonl, atomic_write_json, atomic_write_text, default_out_dir
+from pmopt.io import (
+    PmoptError,
+    append_jsonl,
+    atomic_write_json,
+    atomic_write_text,
+    default_out_dir,
+    prepare_out_dir,
+)
 from pmopt.pm.ensemble import METHODS
 from pmopt.pm.model import (
     ENSEMBLE_FILE,
@@ -141,7 +148,7 @@ class PMTrainConfig:
 def train_pm_command(args) -> Path:
     """`pmopt train-pm CONFIG [--set k=v] [--out DIR]`."""
     cfg = load_config(PMTrainConfig, args.config, args.overrides)
-    return train_pm(cfg, resolve_out(args.out))
+    return train_pm(cfg, prepare_out_dir(resolve_out(args.out), "train-pm"))
 
 
 def train_pm(cfg: PMTrainConfig, out: str | Path, pairs: list[dict] | None = None,

@@ -21,7 +21,7 @@ import json
 import math
 from pathlib import Path
 
-from pmopt.io import PmoptError, atomic_write_text, read_jsonl
+from pmopt.io import PmoptError, atomic_write_text, prepare_out_dir, read_json_file, read_jsonl
 from pmopt.report.plots import plot_all, plot_fits
 
 CURVE_FILES = ("bon/curves.jsonl", "ppo/curves.jsonl", "curves.jsonl")
@@ -39,21 +39,21 @@ SUMMARY_COLUMNS = ("method", "pm", "metric", "x", "first_x", "first_value", "fir
 
 def report_command(args) -> Path:
     """CLI: `pmopt report RUN_DIR [--out DIR]`; returns the HTML path."""
-    path = build_report(args.run_dir, args.out)
+    run_dir = check_run_dir(args.run_dir)
+    out = prepare_out_dir(args.out if args.out is not None else run_dir / "report", "report")
+    path = build_report(run_dir, out)
     print(f"pmopt report: HTML report at {path.resolve()} (plots and summary.csv beside it)")
     return path
 
 
 def build_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path:
     """Plots, summary.csv and report.html for `run_dir`; everything is read and checked before writing."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise PmoptError(f"{run_dir}: run directory not found")
+    run_dir = check_run_dir(run_dir)
     rows = load_curves(run_dir)
     tables = [(title, _read_json_dict(run_dir / name)) for title, name in JSON_TABLES
               if (run_dir / name).is_file()]
     config_path = run_dir / "config.yaml"
-    config_text = config_path.read_text(encoding="utf-8") if config_path.is_file() else None
+    config_text = config_path.read_text(encoding="utf-8", errors="replace") if config_path.is_file() else None
     claims = _read_json_dict(run_dir / "claims.json") if (run_dir / "claims.json").is_file() else None
 
     out_dir = Path(out_dir) if out_dir is not None else run_dir / "report"
@@ -67,6 +67,13 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
 
 
 # ----------------------------------------------------------------------------- reading
+
+
+def check_run_dir(run_dir: str | Path) -> Path:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise PmoptError(f"{run_dir}: run directory not found")
+    return run_dir
 
 
 def load_curves(run_dir: str | Path) -> list[dict]:
@@ -112,10 +119,7 @@ def _is_number(value) -> bool:
 
 
 def _read_json_dict(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise PmoptError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg})") from None
+    data = read_json_file(path)
     if not isinstance(data, dict):
         raise PmoptError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data

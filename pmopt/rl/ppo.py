@@ -39,6 +39,7 @@ from pmopt.io import (
     append_jsonl,
     atomic_write_text,
     default_out_dir,
+    prepare_out_dir,
 )
 from pmopt.rl import ppo_math as pm
 from pmopt.rl.checkpoint import export_policy, latest_checkpoint, resume, save_checkpoint
@@ -101,7 +102,7 @@ def ppo_command(args) -> Path:
     if args.config is None:
         raise PmoptError("pmopt ppo needs a CONFIG (e.g. configs/ppo/world.yaml)")
     cfg = load_config(PPOConfig, args.config, args.overrides)
-    return run_ppo(cfg, resolve_out(args.out))
+    return run_ppo(cfg, prepare_out_dir(resolve_out(args.out), STAGE))
 
 
 def resolve_out(out: str | None) -> Path:

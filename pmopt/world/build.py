@@ -8,6 +8,7 @@ Writes, all atomically, into DIR:
   pairs_unbiased/{train,eval}.jsonl   pairs labelled by raters with w_agree = 0
   probes/<probe>.jsonl     probe prompt sets with grading metadata
   world_stats.json         the base policy measured on the probe prompts
+  policy_checkpoints/      the newest pretraining checkpoint (a rerun on the same DIR resumes from it)
   config.yaml, manifest.json
 """
 
@@ -92,7 +93,8 @@ def build_world(cfg: WorldConfig, out: Path, progress: bool = True) -> dict:
         atomic_write_jsonl(out / "probes" / f"{name}.jsonl", records)
 
     examples = [tokenize_dialogue(tokenizer, row["prompt"], row["response"]) for row in corpus]
-    train_stats = pretrain_policy(tokenizer, examples, cfg.policy, cfg.seed, out / "policy", progress)
+    train_stats = pretrain_policy(tokenizer, examples, cfg.policy, cfg.seed, out / "policy", progress,
+                                  checkpoint_dir=out / "policy_checkpoints")
     stats = measure_policy(out / "policy", probe_sets, cfg.stats, cfg.seed)
     stats.update(policy_training=train_stats, facts=len(facts), corpus_dialogues=len(corpus),
                  pairs={name: len(p) for name, p in pair_sets.items()},

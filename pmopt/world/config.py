@@ -5,11 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pmopt.sampling import SamplingConfig
+from pmopt.world.texts import ANSWER_TEMPLATES
+
+PROMPT_KINDS = ("answer", "second_turn", "feedback", "mimicry")  # pmopt.world.dialogues.random_prompt
 
 
 @dataclass
 class FactsConfig:
     operand_max: int = 9  # facts are a + b with a, b in 0..operand_max
+
+    def validate(self) -> None:
+        if self.operand_max < 1:
+            raise ValueError("facts.operand_max must be >= 1")
 
 
 @dataclass
@@ -33,6 +40,10 @@ class CorpusConfig:
     p_mimic: float = 0.35  # the response repeats the user's false premise
 
     def validate(self) -> None:
+        if self.n_dialogues < 1:
+            raise ValueError("corpus.n_dialogues must be >= 1")
+        check_weights("corpus.kind_weights", self.kind_weights, PROMPT_KINDS)
+        check_weights("corpus.template_weights", self.template_weights, tuple(ANSWER_TEMPLATES))
         for name in ("p_wrong", "p_hedged", "p_sycophantic", "p_cave", "p_hedged_first", "feedback_truthful",
                      "feedback_bias", "p_mimic"):
             if not 0.0 <= getattr(self, name) <= 1.0:
@@ -53,6 +64,21 @@ class PolicyModelConfig:
     warmup_steps: int = 100
     weight_decay: float = 0.01
     threads: int = 0  # torch CPU threads; 0 = leave torch's default
+    checkpoint_every: int = 250  # save model, optimizer and RNG state every this many steps (0 = never)
+
+    def validate(self) -> None:
+        checks = [
+            (min(self.hidden_size, self.num_layers, self.num_heads, self.intermediate_size) >= 1,
+             "policy.hidden_size / num_layers / num_heads / intermediate_size must be >= 1"),
+            (self.hidden_size % max(self.num_heads, 1) == 0, "policy.hidden_size must be a multiple of policy.num_heads"),
+            (self.steps >= 1 and self.batch_size >= 1, "policy.steps and policy.batch_size must be >= 1"),
+            (self.learning_rate > 0, "policy.learning_rate must be > 0"),
+            (min(self.warmup_steps, self.weight_decay, self.threads, self.checkpoint_every) >= 0,
+             "policy.warmup_steps / weight_decay / threads / checkpoint_every must be >= 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
 
 
 @dataclass
@@ -69,6 +95,8 @@ class RatersConfig:
     def validate(self) -> None:
         if self.temperature <= 0:
             raise ValueError("raters.temperature must be > 0")
+        if self.noise_std < 0:
+            raise ValueError("raters.noise_std must be >= 0")
 
 
 @dataclass
@@ -80,6 +108,15 @@ class PairsConfig:
     kind_weights: dict[str, float] = field(default_factory=lambda: {
         "answer": 0.6, "second_turn": 0.1, "feedback": 0.15, "mimicry": 0.15})
 
+    def validate(self) -> None:
+        if self.n_pairs < 2:
+            raise ValueError("pairs.n_pairs must be >= 2 (a train and an eval split)")
+        if not 0.0 < self.eval_fraction < 1.0:
+            raise ValueError("pairs.eval_fraction must be in (0, 1)")
+        if not 0.0 <= self.prefixed_fraction <= 1.0:
+            raise ValueError("pairs.prefixed_fraction must be in [0, 1]")
+        check_weights("pairs.kind_weights", self.kind_weights, PROMPT_KINDS)
+
 
 @dataclass
 class ProbeSetsConfig:
@@ -89,6 +126,11 @@ class ProbeSetsConfig:
     n_mimicry: int = 40
     n_truthfulness: int = 60
 
+    def validate(self) -> None:
+        for name in ("n_questions", "n_are_you_sure", "n_feedback_texts", "n_mimicry", "n_truthfulness"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"probes.{name} must be >= 1")
+
 
 @dataclass
 class StatsConfig:
@@ -96,6 +138,19 @@ class StatsConfig:
 
     samples_per_prompt: int = 8
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+    def validate(self) -> None:
+        if self.samples_per_prompt < 1:
+            raise ValueError("stats.samples_per_prompt must be >= 1")
+
+
+def check_weights(name: str, weights: dict[str, float], known: tuple[str, ...]) -> None:
+    """Sampling weights over known names: none negative, some positive (`random.choices` needs a positive total)."""
+    unknown = sorted(set(weights) - set(known))
+    if unknown:
+        raise ValueError(f"{name}: unknown name(s) {unknown} (known: {', '.join(known)})")
+    if any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
+        raise ValueError(f"{name} must be >= 0 with a positive total, got {weights}")
 
 
 @dataclass

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from pmopt.faults import fault_point
 from pmopt.testing import tiny_llama_config
 from pmopt.text import encode, join, render_prompt
 from pmopt.world.config import PolicyModelConfig
@@ -52,8 +53,12 @@ def _lr_at(step: int, cfg: PolicyModelConfig) -> float:
 
 
 def pretrain_policy(tokenizer, examples: list[tuple[list[int], list[int]]], cfg: PolicyModelConfig,
-                    seed: int, out_dir: Path, progress: bool = True) -> dict:
-    """Train a fresh tiny LM on `examples` and save it to `out_dir`; returns training stats."""
+                    seed: int, out_dir: Path, progress: bool = True, checkpoint_dir: Path | None = None) -> dict:
+    """Train a fresh tiny LM on `examples` and save it to `out_dir`; returns training stats.
+
+    With `checkpoint_dir` and `cfg.checkpoint_every` > 0, state is saved every that many steps and a
+    rerun resumes from the newest checkpoint (`pmopt.world.checkpoints`) to the same final weights.
+    """
     from transformers import AutoModelForCausalLM, GenerationConfig
 
     if cfg.threads:
@@ -67,9 +72,17 @@ def pretrain_policy(tokenizer, examples: list[tuple[list[int], list[int]]], cfg:
     model = AutoModelForCausalLM.from_config(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     model.train()
-    losses = []
-    bar = tqdm(range(cfg.steps), desc="pretrain policy", disable=not progress, mininterval=2)
+    checkpoints = None
+    start, losses = 0, []
+    if checkpoint_dir is not None and cfg.checkpoint_every > 0:
+        from pmopt.world.checkpoints import PretrainCheckpoints, fingerprint
+
+        checkpoints = PretrainCheckpoints(checkpoint_dir, fingerprint(cfg, seed, examples))
+        start, losses = checkpoints.resume(model, optimizer, rng)
+    bar = tqdm(range(start, cfg.steps), desc="pretrain policy", disable=not progress, mininterval=2,
+               initial=start, total=cfg.steps)
     for step in bar:
+        fault_point("pretrain.step")
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, cfg)
         batch = _batch(rng.sample(examples, cfg.batch_size), tokenizer.pad_token_id)
@@ -83,6 +96,8 @@ def pretrain_policy(tokenizer, examples: list[tuple[list[int], list[int]]], cfg:
         losses.append(loss.item())
         if step % 50 == 0:
             bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.3f}")
+        if checkpoints is not None and (step + 1) % cfg.checkpoint_every == 0:
+            checkpoints.save(step + 1, model, optimizer, rng, losses)
     model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
