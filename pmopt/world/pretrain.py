@@ -12,8 +12,8 @@ import random
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
+from pmopt import console
 from pmopt.testing import tiny_llama_config
 from pmopt.text import encode, join, render_prompt
 from pmopt.world.config import PolicyModelConfig
@@ -68,8 +68,8 @@ def pretrain_policy(tokenizer, examples: list[tuple[list[int], list[int]]], cfg:
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     model.train()
     losses = []
-    bar = tqdm(range(cfg.steps), desc="pretrain policy", disable=not progress, mininterval=2)
-    for step in bar:
+    bar = console.bar(total=cfg.steps, desc="world: pretrain policy", unit="step") if progress else None
+    for step in range(cfg.steps):
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, cfg)
         batch = _batch(rng.sample(examples, cfg.batch_size), tokenizer.pad_token_id)
@@ -81,8 +81,12 @@ def pretrain_policy(tokenizer, examples: list[tuple[list[int], list[int]]], cfg:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         losses.append(loss.item())
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.3f}")
+        if bar is not None:
+            bar.update()
+            if step % 10 == 0 or step == cfg.steps - 1:  # loss: mean of the last 50 steps
+                bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.3f}", refresh=False)
+    if bar is not None:
+        bar.close()
     model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
