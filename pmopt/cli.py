@@ -2,8 +2,7 @@
 
 Each command is `module:function(args) -> Path` where `args` carries `config` (YAML path or None),
 `overrides` (the `--set` list), `out` (or None) and the command's own flags. Errors caused by the
-user's input (`PmoptError`) print one line and exit with code 2; nothing else is caught. The lock on
-the command's output directory (`pmopt.io.prepare_out_dir`) is released when the command ends.
+user's input (`PmoptError`) print one line and exit with code 2; nothing else is caught.
 """
 
 from __future__ import annotations
@@ -26,55 +25,141 @@ COMMANDS = {
     "probe": ("pmopt.probes.run", "probe_command", "run sycophancy / truthfulness probes on a policy"),
     "report": ("pmopt.report.html", "report_command", "tables, PNG plots and an HTML page for a run directory"),
     "fit": ("pmopt.analysis.fits", "fit_command", "fit Gao et al. 2022's gold-vs-KL forms to a run's curves"),
+    "config": ("pmopt.config_docs", "config_show_command", "print a command's config as YAML (defaults + CONFIG + --set)"),
+}
+
+# One runnable example per command, shown in its --help; each `--set` key is one its config accepts (tested).
+EXAMPLES = {
+    "run": "pmopt run configs/experiments/tiny.yaml --seeds 0,1 --set world.raters.w_agree=0 --out checkpoints/tiny-unbiased",
+    "world": "pmopt world configs/world/tiny.yaml --set policy.steps=200 --out checkpoints/world",
+    "train-pm": "pmopt train-pm configs/pm/world.yaml --set train.epochs=1 --out checkpoints/pm-world",
+    "score": "pmopt score --pm checkpoints/pm-world --input records.jsonl --out checkpoints/scores",
+    "bon": "pmopt bon configs/bon/world.yaml --set n_max=16 --out checkpoints/bon",
+    "ppo": "pmopt ppo configs/ppo/world.yaml --set train.steps=20 --out checkpoints/ppo",
+    "probe": "pmopt probe configs/probes/world.yaml --policy checkpoints/world/policy --set samples_per_prompt=2",
+    "report": "pmopt report checkpoints/sycophancy",
+    "fit": "pmopt fit checkpoints/sycophancy --metric gold/reward",
+    "config": "pmopt config show train-pm configs/pm/world.yaml --set train.epochs=1",
 }
 
 
-def _common(parser: argparse.ArgumentParser, config: bool = True) -> None:
-    if config:
-        parser.add_argument("config", nargs="?", default=None, help="YAML config path")
+class CommandParser(argparse.ArgumentParser):
+    """A command's parser whose --help ends with its config keys, generated from the config dataclass only
+    when help is asked for (importing a config imports torch: `pmopt world CONFIG` must not pay for help)."""
+
+    config_command: str | None = None
+
+    def format_help(self) -> str:
+        text = super().format_help()
+        if self.config_command is None:
+            return text
+        from pmopt.config_docs import command_config_help
+
+        return f"{text}\n{command_config_help(self.config_command)}\n"
+
+
+def _verbosity(parser: argparse.ArgumentParser, default) -> None:
+    # SUPPRESS on a command's parser keeps `pmopt -q world` from being reset by the command's own default.
+    parser.add_argument("-q", "--quiet", action="store_true", default=default,
+                        help="print only errors and the final line")
+    parser.add_argument("-v", "--verbose", action="store_true", default=default,
+                        help="also print third-party logs, warnings and progress bars")
+
+
+def _common(parser: argparse.ArgumentParser, example_key: str) -> None:
+    parser.add_argument("config", nargs="?", default=None, help="YAML config path")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set train.epochs=2 (repeatable)")
+                        help=f"override a config key, e.g. --set {example_key} (repeatable; keys listed below)")
     parser.add_argument("--out", default=None, help="output directory (default checkpoints/<command>-<time>)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pmopt", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name, (_, _, help_text) in COMMANDS.items():
-        cmd = sub.add_parser(name, help=help_text, description=help_text)
-        if name == "score":
-            _common(cmd, config=False)
-            cmd.add_argument("--pm", required=True, help="PM directory (full, LoRA or ensemble)")
-            cmd.add_argument("--input", required=True, help="JSONL of {prompt, response} records")
-            cmd.add_argument("--prefix", default=None, help="'non_sycophantic' or a JSON list of messages")
-            cmd.add_argument("--batch-size", type=int, default=32)
-        elif name == "probe":
-            _common(cmd)
-            cmd.add_argument("--policy", default=None, help="policy directory (HF causal LM + tokenizer)")
-            cmd.add_argument("--probes", default=None, help="comma-separated probe names")
-        elif name == "run":
-            _common(cmd)
+def _example_set(name: str) -> str:
+    words = EXAMPLES[name].split()
+    return words[words.index("--set") + 1]
+
+
+def _add_command(sub, name: str, help_text: str) -> None:
+    config_command = None if name in ("score", "report", "fit") else name
+    epilog = f"example:\n  {EXAMPLES[name]}"
+    cmd = sub.add_parser(name, help=help_text, description=help_text, epilog=epilog,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    _verbosity(cmd, argparse.SUPPRESS)
+    if name == "config":
+        from pmopt.config_docs import CONFIG_CLASSES
+
+        cmd.add_argument("action", choices=["show"], help="show: print the config as YAML")
+        cmd.add_argument("target", choices=sorted(CONFIG_CLASSES), help="the command whose config to show")
+        _common(cmd, _example_set(name))
+        return
+    cmd.config_command = config_command
+    if name == "score":  # no config file: --pm, --input and the flags below are all it takes
+        cmd.add_argument("--pm", required=True, help="PM directory (full, LoRA or ensemble)")
+        cmd.add_argument("--input", required=True, help="JSONL of {prompt, response} records")
+        cmd.add_argument("--prefix", default=None, help="'non_sycophantic' or a JSON list of messages")
+        cmd.add_argument("--batch-size", type=int, default=32)
+        cmd.add_argument("--out", default=None, help="output directory (default checkpoints/score-<time>)")
+        cmd.set_defaults(config=None, overrides=[])
+    elif name == "report":
+        cmd.add_argument("run_dir", help="a run directory")
+        cmd.add_argument("--out", default=None, help="where to write (default RUN_DIR/report)")
+        cmd.set_defaults(config=None, overrides=[])
+    elif name == "fit":
+        cmd.add_argument("run_dir", help="a run directory with bon/curves.jsonl and/or ppo/curves.jsonl")
+        cmd.add_argument("--metric", action="append", default=[], help="metric to fit (repeatable; "
+                         "default gold/reward and probe/answer/syco_rate)")
+        cmd.add_argument("--n-boot", type=int, default=2000, help="bootstrap refits for the intervals")
+        cmd.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+        cmd.add_argument("--out", default=None, help="where to write fits.json (default RUN_DIR)")
+        cmd.set_defaults(config=None, overrides=[])
+    else:
+        _common(cmd, _example_set(name))
+        if name == "run":
             cmd.add_argument("--seeds", default=None, metavar="K,K,...",
                              help="run the experiment once per seed (e.g. 0,1,2) and aggregate over seeds")
-        elif name == "report":
-            cmd.add_argument("run_dir", help="a run directory")
-            cmd.add_argument("--out", default=None, help="where to write (default RUN_DIR/report)")
-            cmd.set_defaults(config=None, overrides=[])
-        elif name == "fit":
-            cmd.add_argument("run_dir", help="a run directory with bon/curves.jsonl and/or ppo/curves.jsonl")
-            cmd.add_argument("--metric", action="append", default=[], help="metric to fit (repeatable; "
-                             "default gold/reward and probe/answer/syco_rate)")
-            cmd.add_argument("--n-boot", type=int, default=2000, help="bootstrap refits for the intervals")
-            cmd.add_argument("--seed", type=int, default=0)
-            cmd.add_argument("--out", default=None, help="where to write fits.json (default RUN_DIR)")
-            cmd.set_defaults(config=None, overrides=[])
-        else:
-            _common(cmd)
+        if name == "probe":
+            cmd.add_argument("--policy", default=None, help="policy directory (HF causal LM + tokenizer)")
+            cmd.add_argument("--probes", default=None, help="comma-separated probe names")
+
+
+def version_line() -> str:
+    """pmopt's version and the versions of the libraries whose behaviour its results depend on."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def v(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    deps = ", ".join(f"{name} {v(name)}" for name in ("torch", "transformers", "trl", "accelerate", "peft"))
+    return f"pmopt {v('pmopt')} ({deps})"
+
+
+class _VersionAction(argparse.Action):
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help="print versions and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_line())
+        parser.exit()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pmopt", description=__doc__.splitlines()[0],
+                                     epilog="`pmopt COMMAND --help` lists the command's config keys.")
+    parser.add_argument("--version", action=_VersionAction)
+    _verbosity(parser, False)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=CommandParser)
+    for name, (_, _, help_text) in COMMANDS.items():
+        _add_command(sub, name, help_text)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from pmopt import console
+
+    console.configure("quiet" if args.quiet else "verbose" if args.verbose else "normal")
     module_name, function_name, _ = COMMANDS[args.command]
     try:
         function = getattr(importlib.import_module(module_name), function_name)

@@ -77,15 +77,16 @@ def apply_overrides(data: dict, overrides: list[str] | None, source: str = "--se
 
 
 def load_config(cls: type[T], path: str | os.PathLike | None = None,
-                overrides: list[str] | None = None, data: dict | None = None) -> T:
-    """Build `cls` from a YAML file (or a dict) plus overrides, validating every key and type."""
+                overrides: list[str] | None = None, data: dict | None = None, validate: bool = True) -> T:
+    """Build `cls` from a YAML file (or a dict) plus overrides, validating every key and type; with
+    `validate=False` the configs' own `validate()` checks (required paths, ranges) are skipped."""
     source = str(path) if path is not None else "<config>"
     raw = load_yaml(path) if path is not None else dict(data or {})
     raw = apply_overrides(raw, overrides)
-    return from_dict(cls, raw, source=source)
+    return from_dict(cls, raw, source=source, validate=validate)
 
 
-def from_dict(cls: type[T], data: Any, source: str = "<config>", prefix: str = "") -> T:
+def from_dict(cls: type[T], data: Any, source: str = "<config>", prefix: str = "", validate: bool = True) -> T:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: '{prefix or '<root>'}': expected a mapping, got {type(data).__name__}")
     hints = get_type_hints(cls)
@@ -95,15 +96,15 @@ def from_dict(cls: type[T], data: Any, source: str = "<config>", prefix: str = "
         key = f"{prefix}{unknown[0]}"
         known = ", ".join(sorted(fields))
         raise ConfigError(f"{source}: unknown config key '{key}' (known keys here: {known})")
-    kwargs = {name: _coerce(hints[name], value, source, f"{prefix}{name}") for name, value in data.items()}
+    kwargs = {name: _coerce(hints[name], value, source, f"{prefix}{name}", validate) for name, value in data.items()}
     try:
         obj = cls(**kwargs)
     except TypeError as exc:  # a required field without default
         raise ConfigError(f"{source}: {prefix or '<root>'}: {exc}") from None
-    validate = getattr(obj, "validate", None)
-    if callable(validate):
+    check = getattr(obj, "validate", None) if validate else None
+    if callable(check):
         try:
-            validate()
+            check()
         except ValueError as exc:
             # a section's messages name its keys from its own name on ("sampling.top_p ..."): prefix the path above it
             parent = prefix.rstrip(".").rpartition(".")[0]
@@ -111,7 +112,7 @@ def from_dict(cls: type[T], data: Any, source: str = "<config>", prefix: str = "
     return obj
 
 
-def _coerce(hint: Any, value: Any, source: str, key: str) -> Any:
+def _coerce(hint: Any, value: Any, source: str, key: str, validate: bool = True) -> Any:
     origin, args = get_origin(hint), get_args(hint)
     if hint is Any:
         return value
@@ -121,7 +122,7 @@ def _coerce(hint: Any, value: Any, source: str, key: str) -> Any:
         errors = []
         for arg in (a for a in args if a is not type(None)):
             try:
-                return _coerce(arg, value, source, key)
+                return _coerce(arg, value, source, key, validate)
             except ConfigError as exc:
                 errors.append(str(exc))
         raise ConfigError(errors[0] if len(errors) == 1 else f"{source}: '{key}': {value!r} matches none of {hint}")
@@ -130,17 +131,17 @@ def _coerce(hint: Any, value: Any, source: str, key: str) -> Any:
             raise ConfigError(f"{source}: '{key}': expected one of {list(args)}, got {value!r}")
         return value
     if dataclasses.is_dataclass(hint):
-        return from_dict(hint, value if value is not None else {}, source, f"{key}.")
+        return from_dict(hint, value if value is not None else {}, source, f"{key}.", validate)
     if origin in (list, tuple) or hint in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{source}: '{key}': expected a list, got {type(value).__name__}")
         item = args[0] if args else Any
-        return [_coerce(item, v, source, f"{key}[{i}]") for i, v in enumerate(value)]
+        return [_coerce(item, v, source, f"{key}[{i}]", validate) for i, v in enumerate(value)]
     if origin is dict or hint is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{source}: '{key}': expected a mapping, got {type(value).__name__}")
         vhint = args[1] if len(args) == 2 else Any
-        return {k: _coerce(vhint, v, source, f"{key}.{k}") for k, v in value.items()}
+        return {k: _coerce(vhint, v, source, f"{key}.{k}", validate) for k, v in value.items()}
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{source}: '{key}': expected a number, got {value!r}")

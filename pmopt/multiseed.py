@@ -17,13 +17,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import replace
 from multiprocessing import get_context
 from pathlib import Path
 
+from pmopt import console
 from pmopt.analysis.claims import bon_claim, headline, verdict_sentence
 from pmopt.analysis.seeds import aggregate_rows, aggregate_scalars
 from pmopt.bon.curves import write_curves
@@ -48,10 +48,10 @@ def run_seeds(cfg, run: Path, manifest: Manifest) -> dict[int, float]:
     todo = [k for k in cfg.seeds if not manifest.is_done(f"seed-{k}")]
     for k in cfg.seeds:
         if k not in todo:
-            print(f"run: seed {k}: done earlier, skipped")
+            console.info(f"run: seed {k}: done earlier, skipped")
     workers = worker_count(cfg)
     if todo:
-        print(f"run: {len(todo)} seed(s) to run ({', '.join(map(str, todo))}), {workers} at a time, "
+        console.info(f"run: {len(todo)} seed(s) to run ({', '.join(map(str, todo))}), {workers} at a time, "
               f"{cfg.threads_per_seed} torch thread(s) each; logs in {run / 'seed-<k>' / 'log.txt'}")
     timings = {}
     if workers == 1:
@@ -74,7 +74,7 @@ def _seed_done(manifest: Manifest, run: Path, seed: int, seconds: float) -> None
     claim = _claim_of(run / SEED_DIR.format(seed))
     verdict = "" if claim is None else f"; claim {'holds' if claim['holds'] else 'does NOT hold'}: " + \
         " / ".join(line.split(":", 1)[1].strip() for line in headline(claim))
-    print(f"run: seed {seed} done in {seconds:.0f} s{verdict}")
+    console.info(f"run: seed {seed} done in {seconds:.0f} s{verdict}")
 
 
 def run_one_seed(cfg, seed_dir: Path, threads: int) -> float:
@@ -128,12 +128,12 @@ def claims_summary(per_seed: dict[int, dict | None], curves: Path) -> dict:
             "verdict": verdict_sentence(per_seed)}
 
 
-def print_headline(claims: dict, stream=None) -> None:
-    stream = stream or sys.stdout
+def print_headline(claims: dict) -> None:
+    """The run's closing lines: the claim's numbers with intervals, then the verdict over seeds."""
     if claims.get("claim") is not None:
         for line in headline(claims["claim"]):
-            print(f"run: {line}", file=stream)
-    print(f"run: {claims['verdict']}", file=stream)
+            console.result(f"run: {line}")
+    console.result(f"run: {claims['verdict']}")
 
 
 __all__ = ["run_seeds", "aggregate", "claims_summary", "print_headline", "seed_config", "worker_count"]

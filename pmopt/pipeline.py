@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pmopt import console
 from pmopt.bon.sweep import BonConfig, PMEntry, run_bon
 from pmopt.config import ConfigError, dump_yaml, load_config, load_yaml
 from pmopt.io import Manifest, PmoptError, atomic_write_json, atomic_write_text, environment, prepare_out_dir
@@ -33,9 +34,10 @@ def _pm_train_defaults() -> TrainSection:
 class PMStage:
     """Which PMs to train on the world's pairs, and how. Every PM starts from the base policy."""
 
+    # optimizer and schedule of every PM (the defaults here suit the world's tiny policy)
     train: TrainSection = field(default_factory=_pm_train_defaults)
-    lora: LoraSection = field(default_factory=LoraSection)
-    max_length: int = 128
+    lora: LoraSection = field(default_factory=LoraSection)  # LoRA instead of full fine-tuning
+    max_length: int = 128  # tokens of prompt + response + EOS; a longer pair is an error
     unbiased: bool = True  # a second non-sycophantic PM, trained on raters with w_agree = 0
     ensemble_size: int = 2  # K proxy PMs with seeds seed + k (0 or 1: no ensemble)
     uwo_lambda: float = 1.0  # uncertainty-weighted aggregate: mean - lambda * variance (Coste et al. 2023)
@@ -43,27 +45,29 @@ class PMStage:
 
 @dataclass
 class BonStage:
-    n_max: int = 32
-    n_grid: list[int] | None = None
+    n_max: int = 32  # samples per prompt (the paper's N)
+    n_grid: list[int] | None = None  # n values of the curves; default 1, 2, 4, ..., n_max
+    # probe sets whose prompts are sampled
     probes: list[str] = field(default_factory=lambda: ["answer", "feedback", "mimicry", "truthfulness"])
-    max_prompts_per_probe: int | None = None
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    n_boot: int = 1000
-    shard_size: int = 64
+    max_prompts_per_probe: int | None = None  # the first k records of each probe set; null = all
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)  # how the samples are drawn
+    n_boot: int = 1000  # bootstrap resamples (of prompt clusters) for the 95% intervals
+    shard_size: int = 64  # prompts per sample shard (the unit of resume)
 
 
 @dataclass
 class ProbeStage:
-    enabled: bool = True
+    enabled: bool = True  # run the probes on the base policy
+    # probe sets to run
     probes: list[str] = field(default_factory=lambda: ["answer", "are_you_sure", "feedback", "mimicry", "truthfulness"])
-    samples_per_prompt: int = 4
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    n_boot: int = 1000
+    samples_per_prompt: int = 4  # responses per prompt
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)  # how responses are sampled
+    n_boot: int = 1000  # bootstrap resamples for the 95% intervals
 
 
 @dataclass
 class PPOStage:
-    enabled: bool = False
+    enabled: bool = False  # run the PPO stage (one run per entry of `pms`)
     config: str | None = None  # a PPO config YAML (configs/ppo/...); its policy/PM paths are filled in by the run
     pms: list[str] = field(default_factory=lambda: ["proxy", "proxy-nonsyc"])  # proxy | proxy-nonsyc | unbiased
     overrides: list[str] = field(default_factory=list)  # extra `key=value` overrides for the PPO config
@@ -71,17 +75,17 @@ class PPOStage:
 
 @dataclass
 class ExperimentConfig:
-    seed: int = 0
+    seed: int = 0  # seeds PM training (+ pm.train.seed), sampling, bootstraps and PPO; the world has world.seed
     # run the whole experiment once per seed k (seed = world.seed = k) under RUN/seed-<k>/, then aggregate
     # curves over seeds (pmopt.multiseed); empty = one run with `seed` and `world.seed` as given
     seeds: list[int] = field(default_factory=list)
     parallel_seeds: int = 0  # seeds run at once in separate processes; 0 = as many as the CPU cores allow
     threads_per_seed: int = 1  # torch threads of each seed's process (fixed, so results do not depend on parallelism)
-    world: WorldConfig = field(default_factory=WorldConfig)
-    pm: PMStage = field(default_factory=PMStage)
-    bon: BonStage = field(default_factory=BonStage)
-    probes: ProbeStage = field(default_factory=ProbeStage)
-    ppo: PPOStage = field(default_factory=PPOStage)
+    world: WorldConfig = field(default_factory=WorldConfig)  # the synthetic world (`pmopt world`'s config)
+    pm: PMStage = field(default_factory=PMStage)  # the PMs trained on the world's pairs
+    bon: BonStage = field(default_factory=BonStage)  # the best-of-N sweep under every PM
+    probes: ProbeStage = field(default_factory=ProbeStage)  # probes on the base policy
+    ppo: PPOStage = field(default_factory=PPOStage)  # the optional PPO stage
 
 
 # ----------------------------------------------------------------------------- stages
@@ -288,7 +292,7 @@ def run_experiment(cfg: ExperimentConfig, run: Path, with_report: bool = True) -
         claims = _run_stages(cfg, run, manifest, with_report)
     if with_report:
         print_headline(claims)
-        print(f"run: report at {run / 'report' / 'report.html'}")
+        console.info(f"run: report at {run / 'report' / 'report.html'}")
     return run
 
 
@@ -300,15 +304,14 @@ def _run_stages(cfg: ExperimentConfig, run: Path, manifest: Manifest, with_repor
         if name == "report":  # the report shows the claim: write it first
             _write_claims(run, claims_summary({cfg.seed: _claim_of(run)}, run / "bon" / "curves.jsonl"))
         if manifest.is_done(name):
-            print(f"run: stage {name}: done earlier, skipped")
+            console.info(f"run: stage {name}: done earlier, skipped")
             continue
-        print(f"run: stage {name} ...")
         start = time.perf_counter()
         manifest.mark(name, "running")
-        stage(cfg, run, manifest) if name == "pms" else stage(cfg, run)
+        with console.stage(f"run: stage {name}"):
+            stage(cfg, run, manifest) if name == "pms" else stage(cfg, run)
         timings[name] = round(time.perf_counter() - start, 1)
         manifest.mark(name, "done", seconds=timings[name])
-        print(f"run: stage {name} done in {timings[name]} s")
     atomic_write_json(run / "timings.json", {**_load_json(run / "timings.json"), **timings})
     claims = claims_summary({cfg.seed: _claim_of(run)}, run / "bon" / "curves.jsonl")
     _write_claims(run, claims)
@@ -335,8 +338,8 @@ def _run_seeds(cfg: ExperimentConfig, run: Path, manifest: Manifest) -> dict:
     run_seeds(cfg, run, manifest)
     claims = aggregate(cfg, run)
     manifest.mark("aggregate", "done")
-    print("run: stage report ...")
-    stage_report(cfg, run)
+    with console.stage("run: stage report"):
+        stage_report(cfg, run)
     manifest.mark("report", "done")
     atomic_write_json(run / "timings.json", {"seeds_total": round(time.perf_counter() - start, 1)})
     return claims

@@ -12,6 +12,7 @@ of a batch is prefilled once and its cache copied to its samples; finished seque
 from __future__ import annotations
 
 import hashlib
+import inspect
 from dataclasses import dataclass, field
 
 import torch
@@ -21,8 +22,8 @@ from pmopt.text import Text, encode, render_prompt
 
 @dataclass
 class SamplingConfig:
-    max_new_tokens: int = 24
-    temperature: float = 1.0
+    max_new_tokens: int = 24  # longest response in tokens (a response cut here has no EOS)
+    temperature: float = 1.0  # softmax temperature (1 = the policy's own distribution)
     top_k: int = 0  # 0 = off
     top_p: float = 1.0  # 1.0 = off
     batch_size: int = 256  # sequences per forward pass
@@ -89,6 +90,16 @@ def _left_pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor,
     return ids.to(device), mask.to(device)
 
 
+def _cache_kwarg(model) -> str:
+    """The forward keyword of the KV cache: transformers 5 renamed `past_key_values` to `cache` (the old name
+    warns, and goes in 5.40); older 5.x releases only know `past_key_values`."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _cache_of(out):
+    return out["cache"] if "cache" in out else out["past_key_values"]
+
+
 # Drop finished sequences from the batch (and the KV cache) once this share of the rows is done:
 # decoding cost then follows the unfinished rows rather than the longest sequence of the batch.
 COMPACT_WHEN_FINISHED = 0.25
@@ -105,7 +116,7 @@ def _prefill_shared(model, prompt_rows: list[list[int]], row_prompt: list[int], 
     # logits_to_keep=1: only the last position's logits are needed (a full prefill's logits cost GBs at scale)
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
     expand = torch.tensor(row_prompt, dtype=torch.long, device=device)
-    cache = out.past_key_values
+    cache = _cache_of(out)
     cache.batch_select_indices(expand)
     return cache, out.logits[expand, -1, :], mask[expand], positions[expand]
 
@@ -116,6 +127,7 @@ def _decode_batch(model, prompt_rows: list[list[int]], row_prompt: list[int], un
     """Decode one sequence per entry of `row_prompt` (an index into the distinct `prompt_rows`)."""
     device = next(model.parameters()).device
     cache, logits, mask, positions = _prefill_shared(model, prompt_rows, row_prompt, pad_id, device)
+    cache_kwarg = _cache_kwarg(model)
     batch = len(row_prompt)
     tokens_out = torch.full((batch, cfg.max_new_tokens), -1, dtype=torch.long)
     total_logp = torch.zeros(batch, dtype=torch.float64)
@@ -143,8 +155,8 @@ def _decode_batch(model, prompt_rows: list[list[int]], row_prompt: list[int], un
         mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=mask.dtype, device=device)], dim=1)
         next_pos = next_pos + 1
         out = model(input_ids=tokens.unsqueeze(-1), attention_mask=mask, position_ids=next_pos,
-                    past_key_values=cache, use_cache=True)
-        cache, logits = out.past_key_values, out.logits[:, -1, :]
+                    use_cache=True, **{cache_kwarg: cache})
+        cache, logits = _cache_of(out), out.logits[:, -1, :]
     return _collect(tokens_out, total_logp, finished_out, eos_id)
 
 

@@ -13,7 +13,7 @@ from pmopt.testing import word_tokenizer
 from pmopt.world.build import build_corpus
 from pmopt.world.pretrain import pretrain_policy, tokenize_dialogue
 from pmopt.world.texts import vocabulary_texts
-from tests.conftest import tiny_world_config
+from conftest import tiny_world_config
 
 
 @pytest.fixture(scope="module")

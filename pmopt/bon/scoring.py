@@ -25,8 +25,8 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
+from pmopt import console
 from pmopt.io import PmoptError, RecordError, atomic_write_json, atomic_write_jsonl, iter_jsonl
 from pmopt.records import check_text, validate_score
 
@@ -174,7 +174,9 @@ def _score_all(score_fn, plan, samples, batch_size: int, label: str) -> np.ndarr
     pairs = [(plan.records[i]["prompt"], response) for i, row in enumerate(samples.responses) for response in row]
     chunk = batch_size * _BATCHES_PER_CALL
     parts = []
-    for start in tqdm(range(0, len(pairs), chunk), desc=f"pmopt bon: scoring {label}", unit="chunk"):
+    bar = console.bar(total=len(pairs), desc=f"bon: score with {label}", unit="sample")
+    total, done = 0.0, 0
+    for start in range(0, len(pairs), chunk):
         prompts, responses = zip(*pairs[start:start + chunk], strict=True)
         try:
             scores = score_fn(list(prompts), list(responses))
@@ -183,6 +185,10 @@ def _score_all(score_fn, plan, samples, batch_size: int, label: str) -> np.ndarr
             raise PmoptError(f"PM '{label}': {exc} (records counted from sample {j} of prompt "
                              f"'{samples.prompt_ids[p]}', in sweep order)") from None
         parts.append(np.atleast_2d(scores.detach().cpu().double().numpy()))
+        total, done = total + float(parts[-1].mean(axis=0).sum()), done + len(prompts)  # member mean per sample
+        bar.update(len(prompts))
+        bar.set_postfix(mean_score=f"{total / done:.3f}", refresh=False)
+    bar.close()
     flat = np.concatenate(parts, axis=1)
     return flat.reshape(flat.shape[0], len(samples.responses), samples.n)
 

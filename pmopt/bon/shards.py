@@ -21,8 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
+from pmopt import console
 from pmopt.io import PmoptError, RecordError, atomic_write_json, atomic_write_jsonl, iter_jsonl
 from pmopt.records import validate_sample
 from pmopt.sampling import sample
@@ -116,7 +115,7 @@ def generate_shards(out: str | Path, records: list[dict], shard_ids: list[int], 
                                    trust_remote_code=cfg.trust_remote_code)
     where = f" (process {rank} of {world_size})" if world_size > 1 else ""
     started = time.perf_counter()
-    for k in tqdm(shard_ids, desc=f"pmopt bon: sampling shards{where}", unit="shard", position=rank):
+    for k in console.bar(shard_ids, desc=f"bon: sample {cfg.n_max} per prompt{where}", unit="shard", position=rank):
         rows = sample_rows(model, tokenizer, shard_records(records, k, cfg.shard_size), cfg.n_max,
                            cfg.sampling, cfg.seed)
         atomic_write_jsonl(shard_path(out, k), rows)

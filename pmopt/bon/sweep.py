@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from pmopt import console
 from pmopt.bon.curves import curve_rows, support_mass, write_curves
 from pmopt.bon.estimator import default_n_grid
 from pmopt.bon.grades import load_or_grade
@@ -57,13 +58,14 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a PM name is a file name:
 class PMEntry:
     """One PM the samples are scored with; `name` labels its curves and its score file."""
 
-    name: str = ""
+    name: str = ""  # label of its curves and of scores/<name>.jsonl (letters, digits, _ - .)
     path: str | None = None  # PM dir (full / LoRA / ensemble) or hub id; unused for kind gold
+    # a PM, the PM with a prefix, an ensemble aggregate, or the world's gold reward
     kind: Literal["pm", "prefixed", "ensemble", "gold"] = "pm"
     aggregate: Literal["mean", "worst", "uwo"] | None = None  # ensemble; default: what ensemble.json records
     lam: float | None = None  # uwo: mean - lam * variance; default: ensemble.json's uwo_lambda
     prefix: str | list[dict] | None = None  # "non_sycophantic" or messages; kind prefixed defaults to the former
-    batch_size: int = 32
+    batch_size: int = 32  # sequences per PM forward pass
 
     def validate(self) -> None:
         if not _NAME.match(self.name):
@@ -85,21 +87,24 @@ class PMEntry:
 class BonConfig:
     policy: str | None = None  # HF causal LM dir or hub id; default WORLD/policy
     world: str | None = None  # a `pmopt world` dir: default probe source, and the gold reward
+    # probe sets whose prompts are sampled (are_you_sure and MC1 need `pmopt probe`)
     probes: list[str] = field(default_factory=lambda: list(DEFAULT_PROBES))
     probe_sources: dict[str, str] = field(default_factory=dict)  # probe -> file or dir (default: world)
     max_prompts_per_probe: int | None = None  # the first k records of each probe set
     n_max: int = 32  # samples per prompt (the paper's N)
     n_grid: list[int] | None = None  # default 1, 2, 4, ..., n_max
+    # how the N_max samples per prompt are drawn
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     seed: int = 0  # sampling streams and bootstrap resamples
     shard_size: int = 64  # prompts per sample shard (the unit of resume and of work per process)
     n_boot: int = 1000  # bootstrap resamples (of prompt clusters) for the CIs
-    ci: float = 0.95
-    pms: list[PMEntry] = field(default_factory=list)
+    ci: float = 0.95  # level of the bootstrap intervals
+    pms: list[PMEntry] = field(default_factory=list)  # every sample is scored by each; --set replaces the list
     judge: str | None = None  # HF causal LM dir for the LM judge (free-form real feedback); world: exact
+    # dtype the policy is loaded in; null = auto (the checkpoint's)
     policy_dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = None
     attn_implementation: AttnImplementation | None = None  # policy and PMs; None = transformers' default
-    trust_remote_code: bool = False
+    trust_remote_code: bool = False  # allow the model repos' own Python code
 
     def validate(self) -> None:
         if not self.policy and not self.world:
@@ -316,7 +321,7 @@ def _finish(out: Path, plan: SweepPlan, device) -> Path:
     write_curves(out, rows)
     _mark(out, "curves", rows=len(rows), support_mass=support_mass(samples))
     Manifest(out).mark("bon", "done")
-    print(f"pmopt bon: {len(plan.records)} prompts x {plan.cfg.n_max} samples, {len(scores)} PMs, "
+    console.info(f"bon: {len(plan.records)} prompts x {plan.cfg.n_max} samples, {len(scores)} PMs, "
           f"n in {plan.grid}: {len(rows)} curve rows in {out / 'curves.jsonl'}")
     return out
 

@@ -32,6 +32,7 @@ from typing import Literal
 import torch
 from transformers import TrainerCallback
 
+from pmopt import console
 from pmopt.config import ConfigError, dump_yaml, load_config
 from pmopt.data.preferences import check_pairs, load_pairs, looks_like_hub_id, pair_source, split_pairs
 from pmopt.io import (
@@ -61,7 +62,7 @@ from pmopt.text import encode, scored_text
 @dataclass
 class ModelSection:
     name_or_path: str = ""  # a Hugging Face hub id or a local directory (causal LM or seq-cls checkpoint)
-    trust_remote_code: bool = False
+    trust_remote_code: bool = False  # allow the model repo's own Python code (hub models that need it)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"  # weights as loaded for training
     attn_implementation: AttnImplementation | None = None  # attention kernel; None = transformers' default (sdpa where supported)
 
@@ -71,52 +72,53 @@ class DataSection:
     train: str = ""  # JSONL (pmopt / TRL explicit prompt / HH-RLHF implicit, .gz ok) or a hub dataset id
     train_split: str = "train"  # split of a hub dataset
     eval: str | None = None  # held-out pairs; when unset, `eval_fraction` of `train` is held out
-    eval_split: str = "test"
-    eval_fraction: float = 0.1
+    eval_split: str = "test"  # split of a hub dataset for held-out pairs
+    eval_fraction: float = 0.1  # share of `train` held out when `eval` is unset
     max_length: int = 512  # tokens of prompt + response + EOS; longer pairs are an error ...
     drop_overlong: bool = False  # ... unless this is true: then they are dropped, and the count printed
 
 
 @dataclass
 class LoraSection:
-    enabled: bool = False
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
-    target_modules: list[str] | str = "all-linear"
+    enabled: bool = False  # LoRA adapters instead of full fine-tuning (the score head is fully trained)
+    r: int = 16  # LoRA rank
+    alpha: int = 32  # LoRA scaling alpha (the update is scaled by alpha / r)
+    dropout: float = 0.05  # LoRA dropout
+    target_modules: list[str] | str = "all-linear"  # module names that get adapters, or 'all-linear'
 
 
 @dataclass
 class TrainSection:
-    epochs: float = 1.0
+    epochs: float = 1.0  # passes over the training pairs
     max_steps: int = -1  # > 0 overrides epochs
-    learning_rate: float = 1e-4
+    learning_rate: float = 1e-4  # peak AdamW learning rate
     batch_size: int = 8  # pairs per device per step
-    eval_batch_size: int = 16
-    grad_accum: int = 1
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.0
-    lr_scheduler: str = "linear"
-    max_grad_norm: float = 1.0
-    seed: int = 0
-    logging_steps: int = 10
-    save_steps: int = 500
-    save_total_limit: int | None = 2
+    eval_batch_size: int = 16  # pairs per device per held-out batch
+    grad_accum: int = 1  # gradient accumulation steps per optimizer step
+    weight_decay: float = 0.0  # AdamW weight decay
+    warmup_ratio: float = 0.0  # share of all steps spent in linear warmup
+    lr_scheduler: str = "linear"  # transformers scheduler name (linear, cosine, constant, ...)
+    max_grad_norm: float = 1.0  # gradient clipping norm
+    seed: int = 0  # training seed (member k of an ensemble uses seed + k)
+    logging_steps: int = 10  # steps between metrics.jsonl rows
+    save_steps: int = 500  # steps between Trainer checkpoints (the unit of resume)
+    save_total_limit: int | None = 2  # Trainer checkpoints kept (null = all)
     eval_steps: int = 0  # 0: evaluate the held-out pairs once, at the end
     center_rewards_coefficient: float | None = None  # Eisenstein et al. 2023, Eq. 2; TRL suggests 0.01
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    gradient_checkpointing: bool = False
-    report_to: Literal["none", "tensorboard", "wandb"] = "none"
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # autocast precision (bf16 / fp16 need a GPU)
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass (less memory, slower)
+    report_to: Literal["none", "tensorboard", "wandb"] = "none"  # also log there (metrics.jsonl always)
 
 
 @dataclass
 class PMTrainConfig:
-    model: ModelSection = field(default_factory=ModelSection)
-    data: DataSection = field(default_factory=DataSection)
-    lora: LoraSection = field(default_factory=LoraSection)
-    train: TrainSection = field(default_factory=TrainSection)
+    model: ModelSection = field(default_factory=ModelSection)  # the model the PM starts from
+    data: DataSection = field(default_factory=DataSection)  # preference pairs to train and evaluate on
+    lora: LoraSection = field(default_factory=LoraSection)  # LoRA instead of full fine-tuning
+    train: TrainSection = field(default_factory=TrainSection)  # optimizer, schedule, logging and checkpoints
     ensemble_size: int = 1  # K members, seeds seed + k, in out/member-k/
     ensemble_aggregate: Literal["mean", "worst", "uwo"] = "mean"  # default aggregate recorded in ensemble.json
+    # lambda of the uncertainty-weighted aggregate mean - lambda * variance, recorded in ensemble.json
     ensemble_uwo_lambda: float = 1.0
 
     def validate(self) -> None:
@@ -175,9 +177,10 @@ def train_pm(cfg: PMTrainConfig, out: str | Path, pairs: list[dict] | None = Non
     members = [out] if cfg.ensemble_size == 1 else [out / f"member-{k}" for k in range(cfg.ensemble_size)]
     for k, member_dir in enumerate(members):
         if (member_dir / PM_INFO_FILE).is_file():
-            print(f"pmopt train-pm: {member_dir} is already trained; skipping")
+            console.info(f"train-pm: {member_dir} is already trained; skipped")
             continue
-        train_member(cfg, k, member_dir, tokenizer, train_ids, eval_ids, out / "metrics.jsonl")
+        label = f"PM {out.name}" + (f" {k + 1}/{len(members)}" if len(members) > 1 else "")
+        train_member(cfg, k, member_dir, tokenizer, train_ids, eval_ids, out / "metrics.jsonl", label)
     if cfg.ensemble_size > 1 and state.is_main_process:
         write_ensemble_spec(cfg, out, members)
     state.wait_for_everyone()
@@ -269,7 +272,7 @@ def tokenize_pairs(pairs: list[dict], tokenizer, max_length: int, what: str,
         for side_name, side_ids in ids.items():
             columns[f"{side_name}_ids"].append(side_ids)
     if dropped:
-        print(f"pmopt train-pm: dropped {dropped} of {len(pairs)} {what} pairs longer than "
+        console.info(f"train-pm: dropped {dropped} of {len(pairs)} {what} pairs longer than "
               f"data.max_length={max_length}")
     return columns
 
@@ -299,7 +302,7 @@ def write_ensemble_spec(cfg: PMTrainConfig, out: Path, members: list[Path]) -> N
 
 
 def train_member(cfg: PMTrainConfig, k: int, member_dir: Path, tokenizer, train_ids: dict,
-                 eval_ids: dict, metrics_path: Path) -> Path:
+                 eval_ids: dict, metrics_path: Path, label: str = "PM") -> Path:
     """Train member k (seed + k) with TRL's RewardTrainer; save it; write pmopt_pm.json last."""
     from datasets import Dataset
     from transformers import set_seed
@@ -318,13 +321,17 @@ def train_member(cfg: PMTrainConfig, k: int, member_dir: Path, tokenizer, train_
         processing_class=tokenizer, peft_config=lora_config(cfg.lora),
         callbacks=_callbacks(metrics_path, k),
     )
+    # the bar shows the training loss (and held-out accuracy when train.eval_steps > 0); all logs -> metrics.jsonl
+    console.quiet_trainer(trainer, f"train-pm: {label}", {"loss": "loss", "eval_accuracy": "held-out acc"})
     checkpoint = latest_checkpoint(member_dir / "checkpoints")
     if checkpoint is not None and trainer.is_world_process_zero():
-        print(f"pmopt train-pm: resuming member {k} from {checkpoint}")
+        console.info(f"train-pm: resuming member {k} from {checkpoint}")
         append_jsonl(metrics_path, {"event": "resume", "member": k, "checkpoint": checkpoint.name})
     result = trainer.train(resume_from_checkpoint=True if checkpoint is not None else None)
     if trainer.is_world_process_zero():
-        save_member(cfg, trainer, tokenizer, member_dir, k, eval_ids, result.training_loss, metrics_path)
+        accuracy = save_member(cfg, trainer, tokenizer, member_dir, k, eval_ids, result.training_loss, metrics_path)
+        held_out = "no held-out pairs" if accuracy is None else f"held-out accuracy {accuracy:.3f}"
+        console.info(f"train-pm: {label} done: mean training loss {result.training_loss:.4f}, {held_out}")
     trainer.accelerator.wait_for_everyone()
     return member_dir
 
@@ -351,12 +358,20 @@ def reward_config(cfg: PMTrainConfig, output_dir: Path, seed: int, has_eval: boo
         eval_steps=t.eval_steps if periodic_eval else None,
         center_rewards_coefficient=t.center_rewards_coefficient,
         bf16=t.mixed_precision == "bf16", fp16=t.mixed_precision == "fp16",
-        gradient_checkpointing=t.gradient_checkpointing, report_to=t.report_to,
+        **checkpointing_kwargs(RewardConfig, t.gradient_checkpointing), report_to=t.report_to,
         max_length=None,  # lengths were checked (an error, not a silent filter) in tokenize_pairs
         trust_remote_code=cfg.model.trust_remote_code, disable_tqdm=True, use_cpu=use_cpu(),
         ddp_find_unused_parameters=False,  # every trainable parameter (backbone or LoRA, and the head) is used
         dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(), remove_unused_columns=False,
     )
+
+
+def checkpointing_kwargs(args_cls: type, enabled: bool) -> dict:
+    """Activation checkpointing for a TRL config. Newer transformers renamed `gradient_checkpointing` to
+    `activation_checkpointing`, and TRL's configs default the old name to True, so setting only the old name
+    (or neither) raises a FutureWarning; older releases know only the old name."""
+    names = {f.name for f in dataclasses.fields(args_cls)}
+    return {"activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": enabled}
 
 
 def lora_config(lora: LoraSection):
@@ -375,8 +390,9 @@ def latest_checkpoint(directory: Path) -> Path | None:
 
 
 def save_member(cfg: PMTrainConfig, trainer, tokenizer, member_dir: Path, k: int, eval_ids: dict,
-                training_loss: float, metrics_path: Path) -> None:
-    """Final model (safetensors) + tokenizer, held-out accuracy, then `pmopt_pm.json` (the done marker)."""
+                training_loss: float, metrics_path: Path) -> float | None:
+    """Final model (safetensors) + tokenizer, held-out accuracy, then `pmopt_pm.json` (the done marker);
+    returns the held-out accuracy."""
     model = trainer.model
     model.save_pretrained(str(member_dir), safe_serialization=True)
     tokenizer.save_pretrained(str(member_dir))
@@ -392,6 +408,7 @@ def save_member(cfg: PMTrainConfig, trainer, tokenizer, member_dir: Path, k: int
         "seed": cfg.train.seed + k, "member": k, "global_step": step, "train_loss": training_loss,
         "lora": dataclasses.asdict(cfg.lora) if cfg.lora.enabled else None,
     })
+    return accuracy
 
 
 def heldout_accuracy(pm: PreferenceModel, eval_ids: dict, batch_size: int) -> float | None:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from pmopt import console
 from pmopt.config import dump_yaml, load_config
 from pmopt.io import (
     Manifest,
@@ -43,10 +44,10 @@ from pmopt.sampling import SamplingConfig
 class JudgeConfig:
     kind: Literal["exact", "lm"] = "exact"  # exact rules, or an HF causal LM prompted with the paper's prompts
     path: str | None = None  # the LM judge's directory (or hub id)
-    batch_size: int = 16
-    dtype: str | None = None
-    device: str | None = None
-    trust_remote_code: bool = False
+    batch_size: int = 16  # judge prompts per forward pass
+    dtype: str | None = None  # judge weights dtype: auto, float32, bfloat16, float16; null = auto
+    device: str | None = None  # judge device, e.g. cuda:1; null = cuda if present, else cpu
+    trust_remote_code: bool = False  # allow the judge repo's own Python code
 
     def validate(self) -> None:
         if self.kind == "lm" and not self.path:
@@ -61,16 +62,17 @@ class ProbeRunConfig:
     probes: list[str] = field(default_factory=lambda: list(DEFAULT_PROBES))  # `--probes a,b` overrides
     world: str | None = None  # a `pmopt world` dir: the default source of every probe
     sources: dict[str, str] = field(default_factory=dict)  # probe -> file or dir, overriding `world`
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    samples_per_prompt: int = 4
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)  # how responses are sampled
+    samples_per_prompt: int = 4  # responses per prompt; a prompt's outcome is their mean
     max_prompts: int = 0  # per probe, rounded down to whole clusters (a question's templates); 0 = all
     seed: int = 0  # sampling streams (keyed by prompt id) and bootstrap resamples
     n_boot: int = 1000  # bootstrap resamples of prompt clusters for the 95% intervals
     loglik_batch_size: int = 16  # sequences per forward pass when scoring MC1 options
-    dtype: str | None = None
-    device: str | None = None
-    trust_remote_code: bool = False
+    dtype: str | None = None  # policy weights dtype: auto, float32, bfloat16, float16; null = auto
+    device: str | None = None  # policy device, e.g. cuda:0; null = cuda if present, else cpu
+    trust_remote_code: bool = False  # allow the policy repo's own Python code
     attn_implementation: AttnImplementation | None = None  # the policy's; None = transformers' default
+    # who grades free-form answers without a known truth
     judge: JudgeConfig = field(default_factory=JudgeConfig)
 
     def validate(self) -> None:
@@ -277,5 +279,5 @@ def run_probe_config(cfg: ProbeRunConfig, out: str | Path | None = None) -> Path
     atomic_write_jsonl(out / "grades.jsonl", grades)
     atomic_write_json(out / "metrics.json", _json_safe(metrics))
     manifest.mark("probe", "done")
-    print(format_table(metrics))
+    console.info(format_table(metrics))
     return out

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pmopt import console
 from pmopt.io import PmoptError, atomic_write_json, atomic_write_jsonl, read_metrics
 
 STATE_FILE = "state.json"
@@ -194,7 +195,7 @@ def resume(out: Path, accelerator, core, optimizer, scheduler, kl_ctl, total_ste
     if accelerator.is_main_process:
         truncate_logs(out, step if checkpoint is not None else None)
         if checkpoint is not None:
-            print(f"pmopt ppo: resuming from {checkpoint} (step {step} of {total_steps})")
+            console.info(f"ppo: resuming from {checkpoint} (step {step} of {total_steps})")
     accelerator.wait_for_everyone()
     return step
 

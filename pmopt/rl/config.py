@@ -19,20 +19,21 @@ from pmopt.sampling import SamplingConfig
 class LoraSection:
     """LoRA on policy and value model; the reference is then the base with adapters disabled."""
 
-    enabled: bool = False
-    r: int = 16
-    alpha: int = 32
+    enabled: bool = False  # LoRA adapters on policy and value model instead of full training
+    r: int = 16  # LoRA rank
+    alpha: int = 32  # LoRA scaling alpha (the update is scaled by alpha / r)
     dropout: float = 0.0  # 0 keeps the rollout and the first update's log-probs identical
-    target_modules: list[str] | str = "all-linear"
+    target_modules: list[str] | str = "all-linear"  # module names that get adapters, or 'all-linear'
 
 
 @dataclass
 class PolicySection:
     path: str = ""  # a causal-LM directory with its tokenizer (a world's policy/), or a hub id
+    # weights dtype of policy, reference and value model
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    trust_remote_code: bool = False
+    trust_remote_code: bool = False  # allow the model repo's own Python code
     attn_implementation: AttnImplementation | None = None  # policy, reference, value model and PM
-    lora: LoraSection = field(default_factory=LoraSection)
+    lora: LoraSection = field(default_factory=LoraSection)  # LoRA instead of full training
 
 
 @dataclass
@@ -53,7 +54,7 @@ class RewardSection:
     # Sharma et al. 2023 §4.2: the truthfulness prefix prepended at scoring time (null / "none": no prefix)
     prefix: Literal["none", "non_sycophantic"] | None = "none"
     ensemble_aggregate: Literal["mean", "worst", "uwo"] | None = None  # default: what ensemble.json says
-    ensemble_lambda: float | None = None
+    ensemble_lambda: float | None = None  # uwo's lambda; default: what ensemble.json says
     batch_size: int = 64  # PM scoring batch
     missing_eos_penalty: float | None = 1.0  # subtracted from the score of responses cut at max_new_tokens
     world: str | None = None  # world dir for kind gold / raters; default: prompts.world
@@ -65,7 +66,7 @@ class KLSection:
     beta: float = 0.05  # initial (adaptive) or fixed coefficient
     adaptive: bool = False  # Ziegler et al. 2019 §2.2 proportional controller
     target: float = 6.0  # target KL per sequence (nats) for the adaptive controller
-    horizon: float = 10000.0
+    horizon: float = 10000.0  # the adaptive controller's horizon in episodes (larger = slower beta updates)
 
 
 @dataclass
@@ -74,9 +75,10 @@ class PromptsSection:
 
     world: str = ""  # a `pmopt world` directory
     file: str | None = None  # JSONL prompt records {id, prompt, probe, meta}; replaces the world's generator
+    # share of each world prompt kind among the training prompts
     kinds: dict[str, float] = field(default_factory=lambda: {"answer": 1.0})
     templates: dict[str, float] | None = None  # answer-template weights; default: the world corpus's mix
-    n_prompts: int = 1024
+    n_prompts: int = 1024  # training prompts generated (or read from `file`)
     exclude_probe_prompts: bool = True  # drop generated prompts whose text is a probe prompt's
 
 
@@ -86,20 +88,20 @@ class TrainSection:
     rollout_batch_size: int = 64  # prompts per iteration, across all processes
     minibatch_size: int = 16  # sequences per optimizer update, across all processes
     gradient_accumulation_steps: int = 1  # micro-batches per minibatch (per process)
-    ppo_epochs: int = 4
+    ppo_epochs: int = 4  # passes over each rollout batch
     target_kl: float | None = None  # stop an iteration's epochs once a minibatch's approx_kl exceeds it (cleanrl)
-    learning_rate: float = 1e-5
+    learning_rate: float = 1e-5  # peak AdamW learning rate (policy and value model)
     lr_schedule: Literal["constant", "linear"] = "constant"  # linear: decay to 0 over all updates
-    warmup_updates: int = 0
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    clip_range: float = 0.2
-    clip_range_value: float = 0.2
-    vf_coef: float = 0.1
-    gamma: float = 1.0
-    lam: float = 0.95
+    warmup_updates: int = 0  # optimizer updates of linear warmup
+    weight_decay: float = 0.0  # AdamW weight decay
+    max_grad_norm: float = 1.0  # gradient clipping norm
+    clip_range: float = 0.2  # PPO ratio clip epsilon
+    clip_range_value: float = 0.2  # value-prediction clip around the rollout's values
+    vf_coef: float = 0.1  # weight of the value loss in the total loss
+    gamma: float = 1.0  # discount (1 = none, the RLHF convention)
+    lam: float = 0.95  # GAE lambda
     whiten_rewards: bool = False  # scale-only whitening of the per-token rewards (lm-human-preferences)
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # autocast precision (bf16 / fp16 need a GPU)
 
 
 @dataclass
@@ -107,12 +109,12 @@ class ProbesSection:
     """Probes every `every` steps on fixed probe prompts: curves against step and measured KL."""
 
     every: int = 10  # 0: only before training and at the end
-    names: list[str] = field(default_factory=lambda: ["answer"])
+    names: list[str] = field(default_factory=lambda: ["answer"])  # probe sets run at each evaluation
     world: str | None = None  # source of every probe set; default: prompts.world
     sources: dict[str, str] = field(default_factory=dict)  # probe -> file or dir, overriding `world`
-    samples_per_prompt: int = 2
+    samples_per_prompt: int = 2  # responses per probe prompt at each evaluation
     max_prompts: int = 0  # per probe, whole clusters; 0 = all
-    n_boot: int = 200
+    n_boot: int = 200  # bootstrap resamples for the 95% intervals
     seed: int = 1234  # fixed across evaluations: the same random streams at every step
 
 
@@ -129,18 +131,24 @@ class RLOOSection:
 
 @dataclass
 class PPOConfig:
-    method: Literal["ppo", "rloo"] = "ppo"
-    seed: int = 0
+    method: Literal["ppo", "rloo"] = "ppo"  # ppo: pmopt's own loop; rloo: TRL's RLOOTrainer
+    seed: int = 0  # seed of sampling, minibatch order and initialisation
+    # the policy trained (and its frozen copy, the reference)
     policy: PolicySection = field(default_factory=PolicySection)
-    value: ValueSection = field(default_factory=ValueSection)
-    reward: RewardSection = field(default_factory=RewardSection)
-    kl: KLSection = field(default_factory=KLSection)
-    prompts: PromptsSection = field(default_factory=PromptsSection)
+    value: ValueSection = field(default_factory=ValueSection)  # the value model (ppo only)
+    reward: RewardSection = field(default_factory=RewardSection)  # what the policy is optimised against
+    kl: KLSection = field(default_factory=KLSection)  # the KL penalty to the reference policy in the reward
+    prompts: PromptsSection = field(default_factory=PromptsSection)  # the training prompts
+    # how rollouts are sampled (full softmax: top_k 0, top_p 1)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    # rollout and update sizes, optimizer and PPO losses
     train: TrainSection = field(default_factory=TrainSection)
+    # probe evaluations during training (curves against KL)
     probes: ProbesSection = field(default_factory=ProbesSection)
+    # checkpoint frequency and retention
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
-    rloo: RLOOSection = field(default_factory=RLOOSection)
+    rloo: RLOOSection = field(default_factory=RLOOSection)  # settings used when method is rloo
+    # also log to tensorboard and/or wandb (metrics.jsonl is always written)
     report_to: list[Literal["tensorboard", "wandb"]] = field(default_factory=list)
     threads: int = 0  # torch CPU threads during the run (restored after); 0 leaves torch's setting
 

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from pmopt import console
 from pmopt.config import ConfigError, dump_yaml, load_config, to_dict
 from pmopt.io import (
     Manifest,
@@ -187,6 +188,7 @@ def train(cfg: PPOConfig, out: Path, reward_fn=None) -> Path:
     if accelerator.is_main_process and start == 0:
         write_probes(out, probes.evaluate(core.policy, ref_model, 0), accelerator)
     accelerator.wait_for_everyone()
+    bar = progress_bar(cfg, start) if accelerator.is_main_process else None
 
     for step in range(start + 1, cfg.train.steps + 1):
         timer = Timer()
@@ -236,7 +238,7 @@ def train(cfg: PPOConfig, out: Path, reward_fn=None) -> Path:
         kl_ctl.update(metrics["ppo/kl"], cfg.train.rollout_batch_size)
         if accelerator.is_main_process:
             append_jsonl(out / "metrics.jsonl", metrics)
-            print_progress(metrics, cfg.train.steps)
+            show_progress(bar, metrics)
         accelerator.log(metrics, step=step)
 
         # ------------------------------------------------------------ 4f. probes
@@ -462,10 +464,19 @@ def step_metrics(accelerator, cfg: PPOConfig, step: int, batch: Batch, gens, sco
             "ppo/tokens_per_second": tokens / seconds}
 
 
-def print_progress(metrics: dict, steps: int) -> None:
-    print(f"ppo step {metrics['step']}/{steps}: reward {metrics['ppo/reward']:.3f}, kl {metrics['ppo/kl']:.3f}, "
-          f"approx_kl {metrics['ppo/approx_kl']:.4f}, clipfrac {metrics['ppo/clipfrac']:.3f}, "
-          f"value_loss {metrics['ppo/value_loss']:.4f}, {metrics['time/step']:.1f} s", flush=True)
+def progress_bar(cfg: PPOConfig, start: int):
+    """One bar over the PPO steps (a resumed run starts at its checkpoint's step)."""
+    bar = console.bar(total=cfg.train.steps, desc=f"ppo: {cfg.reward_label}", unit="step")
+    bar.update(start)
+    return bar
+
+
+def show_progress(bar, metrics: dict) -> None:
+    """The step's PM reward and KL to the reference on the bar (every metric is in metrics.jsonl)."""
+    bar.update()
+    bar.set_postfix(reward=f"{metrics['ppo/reward']:.3f}", kl=f"{metrics['ppo/kl']:.3f}", refresh=False)
+    if metrics["step"] == bar.total:
+        bar.close()
 
 
 __all__ = ["ppo_command", "run_ppo", "train", "PPOConfig", "NonFiniteError", "batch_sizes", "Sizes"]

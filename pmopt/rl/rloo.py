@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
+from pmopt import console
 from pmopt.config import ConfigError
 from pmopt.io import append_jsonl
 from pmopt.rl.checkpoint import export_policy, truncate_logs
@@ -53,6 +54,8 @@ def check_rloo_config(cfg: PPOConfig, num_processes: int) -> None:
 def rloo_args(cfg: PPOConfig, out: Path, num_processes: int):
     from trl import RLOOConfig
 
+    from pmopt.pm.train import checkpointing_kwargs
+
     t, upi = cfg.train, updates_per_step(cfg)
     return RLOOConfig(
         output_dir=str(out / "checkpoints"), seed=cfg.seed, data_seed=cfg.seed,
@@ -65,7 +68,7 @@ def rloo_args(cfg: PPOConfig, out: Path, num_processes: int):
         top_k=cfg.sampling.top_k, top_p=cfg.sampling.top_p, reward_weights=[1.0, 0.0],
         logging_steps=upi, save_strategy="steps", save_steps=cfg.checkpoint.every * upi,
         save_total_limit=cfg.checkpoint.keep, bf16=t.mixed_precision == "bf16", fp16=t.mixed_precision == "fp16",
-        gradient_checkpointing=False, report_to=list(cfg.report_to) or "none", disable_tqdm=True,
+        **checkpointing_kwargs(RLOOConfig, False), report_to=list(cfg.report_to) or "none", disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(), remove_unused_columns=False, disable_dropout=True,
         trust_remote_code=cfg.policy.trust_remote_code, dataloader_num_workers=0,
     )
@@ -169,6 +172,7 @@ def run_rloo(cfg: PPOConfig, out: str | Path, reward_fn=None) -> Path:
         peft_config=_peft_config(cfg), callbacks=[callback],
     )
     disable_dropout(trainer.model)
+    console.quiet_trainer(trainer, f"rloo: {cfg.reward_label}", {"reward": "reward", "kl": "kl"})
     callback.trainer = trainer
     manifest = start_run(cfg, out, trainer.accelerator)
     checkpoint = latest_trainer_checkpoint(out / "checkpoints")

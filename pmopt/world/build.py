@@ -18,6 +18,7 @@ import random
 import time
 from pathlib import Path
 
+from pmopt import console
 from pmopt.config import dump_yaml, load_config
 from pmopt.io import (
     Manifest,
@@ -95,7 +96,8 @@ def build_world(cfg: WorldConfig, out: Path, progress: bool = True) -> dict:
     examples = [tokenize_dialogue(tokenizer, row["prompt"], row["response"]) for row in corpus]
     train_stats = pretrain_policy(tokenizer, examples, cfg.policy, cfg.seed, out / "policy", progress,
                                   checkpoint_dir=out / "policy_checkpoints")
-    stats = measure_policy(out / "policy", probe_sets, cfg.stats, cfg.seed)
+    with console.stage("world: measure the base policy on the probe prompts"):
+        stats = measure_policy(out / "policy", probe_sets, cfg.stats, cfg.seed)
     stats.update(policy_training=train_stats, facts=len(facts), corpus_dialogues=len(corpus),
                  pairs={name: len(p) for name, p in pair_sets.items()},
                  rater_label_agreement=rater_agreement(pair_sets["pairs"], cfg.raters),
@@ -129,16 +131,16 @@ def check_targets(stats: dict) -> list[str]:
 
 
 def print_stats(stats: dict) -> None:
-    print(f"world: neutral accuracy {stats['neutral_accuracy']:.3f} (target >= {NEUTRAL_ACCURACY_MIN}), "
+    console.info(f"world: neutral accuracy {stats['neutral_accuracy']:.3f} (target >= {NEUTRAL_ACCURACY_MIN}), "
           f"sycophancy rate {stats['sycophancy_rate']:.3f} (target {SYCOPHANCY_RANGE[0]}-{SYCOPHANCY_RANGE[1]}), "
           f"are-you-sure flip {stats['are_you_sure_flip_rate']:.3f}, mimicry {stats['mimicry_rate']:.3f}, "
           f"feedback sycophancy {stats['feedback_sycophancy']:.3f}; built in {stats['seconds']} s")
     weights = stats.get("preference_regression", {}).get("raters")
     if weights:
-        print("world: what the raters' labels reward (logistic regression on pair features): "
+        console.info("world: what the raters' labels reward (logistic regression on pair features): "
               + ", ".join(f"{name} {w['weight']:.2f} [{w['ci_low']:.2f}, {w['ci_high']:.2f}]" for name, w in weights.items()))
     for miss in check_targets(stats):
-        print(f"world: WARNING: {miss}")
+        console.info(f"world: off target: {miss}")
 
 
 def world_command(args) -> Path:

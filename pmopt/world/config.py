@@ -23,9 +23,11 @@ class FactsConfig:
 class CorpusConfig:
     """The base policy's pretraining mix: how its dialogues answer each kind of prompt."""
 
-    n_dialogues: int = 24000
+    n_dialogues: int = 24000  # pretraining dialogues generated for the base policy
+    # share of each dialogue kind in the corpus
     kind_weights: dict[str, float] = field(default_factory=lambda: {
         "answer": 0.55, "second_turn": 0.15, "feedback": 0.15, "mimicry": 0.15})
+    # share of each answer-prompt template among answer dialogues
     template_weights: dict[str, float] = field(default_factory=lambda: {
         "plain": 0.4, "suggest_wrong": 0.2, "suggest_correct": 0.2, "doubt_correct": 0.2})
     p_wrong: float = 0.04  # a neutral answer states a wrong number
@@ -54,15 +56,15 @@ class CorpusConfig:
 class PolicyModelConfig:
     """A tiny Llama-architecture causal LM trained from scratch on the corpus."""
 
-    hidden_size: int = 96
-    num_layers: int = 2
-    num_heads: int = 4
-    intermediate_size: int = 256
-    steps: int = 1500
-    batch_size: int = 64
-    learning_rate: float = 3e-3
-    warmup_steps: int = 100
-    weight_decay: float = 0.01
+    hidden_size: int = 96  # model width
+    num_layers: int = 2  # transformer layers
+    num_heads: int = 4  # attention heads
+    intermediate_size: int = 256  # MLP width
+    steps: int = 1500  # pretraining steps (one batch each)
+    batch_size: int = 64  # dialogues per pretraining step
+    learning_rate: float = 3e-3  # peak AdamW learning rate (linear warmup, then cosine decay to 10%)
+    warmup_steps: int = 100  # linear warmup steps
+    weight_decay: float = 0.01  # AdamW weight decay
     threads: int = 0  # torch CPU threads; 0 = leave torch's default
     checkpoint_every: int = 250  # save model, optimizer and RNG state every this many steps (0 = never)
 
@@ -86,11 +88,12 @@ class RatersConfig:
     """Simulated raters: P(A > B) = sigmoid((u(A) - u(B)) / temperature),
     u = w_truth * correct + w_agree * agrees_with_user + w_style * confident + N(0, noise_std)."""
 
-    w_truth: float = 1.0
-    w_agree: float = 1.5
-    w_style: float = 0.3
+    w_truth: float = 1.0  # utility of a correct answer
+    w_agree: float = 1.5  # utility of agreeing with the user: the raters' sycophancy bias (0 = unbiased)
+    w_style: float = 0.3  # utility of a confident (unhedged) response
+    # tau in P(A > B) = sigmoid((u(A) - u(B)) / tau); lower = more deterministic raters
     temperature: float = 0.3
-    noise_std: float = 0.1
+    noise_std: float = 0.1  # std of the per-response utility noise N(0, noise_std)
 
     def validate(self) -> None:
         if self.temperature <= 0:
@@ -101,10 +104,11 @@ class RatersConfig:
 
 @dataclass
 class PairsConfig:
-    n_pairs: int = 6000
-    eval_fraction: float = 0.1
+    n_pairs: int = 6000  # rater-labelled preference pairs (train + eval)
+    eval_fraction: float = 0.1  # share of pairs written to pairs/eval.jsonl
     prefixed_fraction: float = 0.35  # share of pairs shown with the truthfulness prefix, labelled with w_agree = 0
     unbiased_pairs: bool = True  # also write pairs labelled by raters with w_agree = 0 (a second non-sycophantic PM)
+    # share of each prompt kind among the pairs
     kind_weights: dict[str, float] = field(default_factory=lambda: {
         "answer": 0.6, "second_turn": 0.1, "feedback": 0.15, "mimicry": 0.15})
 
@@ -121,10 +125,10 @@ class PairsConfig:
 @dataclass
 class ProbeSetsConfig:
     n_questions: int = 60  # answer probe: each question in all four templates
-    n_are_you_sure: int = 40
+    n_are_you_sure: int = 40  # are_you_sure probe: questions challenged in a second turn
     n_feedback_texts: int = 20  # each text under all five framings
-    n_mimicry: int = 40
-    n_truthfulness: int = 60
+    n_mimicry: int = 40  # mimicry probe: false-premise prompts
+    n_truthfulness: int = 60  # truthfulness probe: neutral questions
 
     def validate(self) -> None:
         for name in ("n_questions", "n_are_you_sure", "n_feedback_texts", "n_mimicry", "n_truthfulness"):
@@ -136,8 +140,8 @@ class ProbeSetsConfig:
 class StatsConfig:
     """How the base policy is measured at the end of `pmopt world`."""
 
-    samples_per_prompt: int = 8
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    samples_per_prompt: int = 8  # samples of the base policy per probe prompt for world_stats.json
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)  # how those samples are drawn
 
     def validate(self) -> None:
         if self.samples_per_prompt < 1:
@@ -155,11 +159,16 @@ def check_weights(name: str, weights: dict[str, float], known: tuple[str, ...]) 
 
 @dataclass
 class WorldConfig:
-    seed: int = 0
-    facts: FactsConfig = field(default_factory=FactsConfig)
+    seed: int = 0  # one seed for the corpus, pretraining, raters' noise and probe sets
+    facts: FactsConfig = field(default_factory=FactsConfig)  # which arithmetic facts exist
+    # the base policy's pretraining dialogues (where its sycophancy is planted)
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    # the base policy's architecture and pretraining
     policy: PolicyModelConfig = field(default_factory=PolicyModelConfig)
+    # simulated raters that label the preference pairs
     raters: RatersConfig = field(default_factory=RatersConfig)
-    pairs: PairsConfig = field(default_factory=PairsConfig)
+    pairs: PairsConfig = field(default_factory=PairsConfig)  # the preference pairs the PMs train on
+    # sizes of the probe sets (probes/<probe>.jsonl)
     probes: ProbeSetsConfig = field(default_factory=ProbeSetsConfig)
+    # how the base policy is measured at the end of `pmopt world`
     stats: StatsConfig = field(default_factory=StatsConfig)

@@ -12,8 +12,8 @@ import random
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
+from pmopt import console
 from pmopt.faults import fault_point
 from pmopt.testing import tiny_llama_config
 from pmopt.text import encode, join, render_prompt
@@ -79,9 +79,8 @@ def pretrain_policy(tokenizer, examples: list[tuple[list[int], list[int]]], cfg:
 
         checkpoints = PretrainCheckpoints(checkpoint_dir, fingerprint(cfg, seed, examples))
         start, losses = checkpoints.resume(model, optimizer, rng)
-    bar = tqdm(range(start, cfg.steps), desc="pretrain policy", disable=not progress, mininterval=2,
-               initial=start, total=cfg.steps)
-    for step in bar:
+    bar = console.bar(total=cfg.steps, desc="world: pretrain policy", unit="step", initial=start) if progress else None
+    for step in range(start, cfg.steps):
         fault_point("pretrain.step")
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, cfg)
@@ -94,10 +93,14 @@ def pretrain_policy(tokenizer, examples: list[tuple[list[int], list[int]]], cfg:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         losses.append(loss.item())
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.3f}")
+        if bar is not None:
+            bar.update()
+            if step % 10 == 0 or step == cfg.steps - 1:  # loss: mean of the last 50 steps
+                bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.3f}", refresh=False)
         if checkpoints is not None and (step + 1) % cfg.checkpoint_every == 0:
             checkpoints.save(step + 1, model, optimizer, rng, losses)
+    if bar is not None:
+        bar.close()
     model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
