@@ -35,6 +35,17 @@ def _common(parser: argparse.ArgumentParser, config: bool = True) -> None:
     parser.add_argument("--out", default=None, help="output directory (default checkpoints/<command>-<time>)")
 
 
+def _pm_loading(parser: argparse.ArgumentParser) -> None:
+    """The flags of `pmopt.pm.loading.PMLoadOptions`."""
+    parser.add_argument("--dtype", default="float32", choices=["auto", "bfloat16", "float16", "float32"],
+                        help="weights dtype (auto: the checkpoint's own)")
+    parser.add_argument("--device", default=None, help="e.g. cpu, cuda:1 (default: cuda if present)")
+    parser.add_argument("--device-map", default=None, choices=["auto"], help="spread a large PM over devices")
+    parser.add_argument("--trust-remote-code", action="store_true", help="run a hub PM's own modelling code")
+    parser.add_argument("--max-length", type=int, default=None, help="tokens per record; longer keep their end")
+    parser.add_argument("--max-batch-tokens", type=int, default=None, help="padded tokens per batch")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pmopt", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -42,10 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=help_text, description=help_text)
         if name == "score":
             _common(cmd, config=False)
-            cmd.add_argument("--pm", required=True, help="PM directory (full, LoRA or ensemble)")
+            cmd.add_argument("--pm", required=True, help="PM directory (full, LoRA or ensemble) or hub id")
             cmd.add_argument("--input", required=True, help="JSONL of {prompt, response} records")
             cmd.add_argument("--prefix", default=None, help="'non_sycophantic' or a JSON list of messages")
             cmd.add_argument("--batch-size", type=int, default=32)
+            _pm_loading(cmd)
         elif name == "probe":
             _common(cmd)
             cmd.add_argument("--policy", default=None, help="policy directory (HF causal LM + tokenizer)")

@@ -204,11 +204,15 @@ def _score_with_pm(entry, plan, samples, device, prefix, members: bool) -> np.nd
 
     from pmopt.pm.model import PreferenceModel
 
-    pm = PreferenceModel.load(entry.path, device=device, trust_remote_code=plan.cfg.trust_remote_code,
-                              attn_implementation=plan.cfg.attn_implementation)
+    cfg = plan.cfg
+    pm = PreferenceModel.load(entry.path, cfg.pm_load.for_run(device, cfg.trust_remote_code, cfg.attn_implementation))
     fn = partial(pm.score_members if members else pm.score, prefix=prefix, batch_size=entry.batch_size)
     try:
-        return _score_all(fn, plan, samples, entry.batch_size, f"{entry.name}{' members' if members else ''}")
+        scores = _score_all(fn, plan, samples, entry.batch_size, f"{entry.name}{' members' if members else ''}")
+        if cfg.pm_load.max_length is not None:
+            print(f"pmopt bon: PM '{entry.name}': {pm.n_truncated} scored sequences truncated to "
+                  f"pm_load.max_length={cfg.pm_load.max_length} tokens")
+        return scores
     finally:
         del pm, fn
         gc.collect()

@@ -301,7 +301,7 @@ def train_member(cfg: PMTrainConfig, k: int, member_dir: Path, tokenizer, train_
     seed = cfg.train.seed + k
     set_seed(seed)  # before loading: the new score head is randomly initialised
     model = load_seq_cls(model_source(cfg.model), resolve_dtype(cfg.model.dtype), cfg.model.trust_remote_code,
-                         cfg.model.attn_implementation)
+                         cfg.model.attn_implementation, new_head=True)  # a base causal LM gets a fresh head
     model.config.pad_token_id = tokenizer.pad_token_id
     has_eval = len(eval_ids["chosen_ids"]) > 0
     trainer = RewardTrainer(
