@@ -1,7 +1,7 @@
 """A trained preference model: load it (full, LoRA or ensemble directory) and score prompt/response pairs.
 
 `PreferenceModel.load(path).score(prompts, responses)` renders every pair with
-`pmopt.text.scored_text` + `pmopt.text.encode`, the same calls PM training uses, so the PM scores
+`pmopt.text.scored_text` + `pmopt.text.encode_scored`, the same calls PM training uses, so the PM scores
 exactly the token sequences it was trained on. Scores do not depend on the batch size, on which
 sequences share a batch, or on the tokenizer's padding side:
 
@@ -39,7 +39,7 @@ from pmopt.pm.loading import (  # noqa: F401 (re-exported: callers import these 
     resolve_dtype,
     safetensors_error,
 )
-from pmopt.text import Messages, Text, encode, scored_text
+from pmopt.text import Messages, Text, encode_scored, is_encoder_tokenizer, scored_text
 from pmopt.world.raters import TRUTHFUL_PREFIX
 
 # The world generator imports this: keep it the single definition of the prefix (DESIGN §5 (a)).
@@ -106,7 +106,7 @@ class PreferenceModel:
         """Token ids of prompt + response (+ EOS): the exact sequences training tokenized."""
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-        return [encode(self.tokenizer, scored_text(p, r, self.tokenizer, prefix))
+        return [encode_scored(self.tokenizer, scored_text(p, r, self.tokenizer, prefix))
                 for p, r in zip(prompts, responses, strict=True)]
 
     def score(self, prompts: Sequence[Text], responses: Sequence[str], prefix: Messages | None = None,
@@ -132,13 +132,16 @@ class PreferenceModel:
     def truncate(self, sequences: Sequence[Sequence[int]]) -> Sequence[Sequence[int]]:
         """Cut sequences to `options.max_length` tokens, keeping the last ones, and count them.
 
-        The head reads the last token (the EOS after the response), so the end is what must survive: the
-        start of a long prompt goes first.
+        A causal LM's head reads the last token (the EOS after the response), so the end is what must
+        survive: the start of a long prompt goes first. An encoder also keeps its first ([CLS]) token,
+        the one its head pools.
         """
         limit = self.options.max_length
         if limit is None:
             return sequences
-        cut = [ids[-limit:] if len(ids) > limit else ids for ids in sequences]
+        head = 1 if is_encoder_tokenizer(self.tokenizer) and limit > 1 else 0
+        cut = [list(ids[:head]) + list(ids[len(ids) - limit + head:]) if len(ids) > limit else ids
+               for ids in sequences]
         self.n_truncated += sum(len(ids) > limit for ids in sequences)
         return cut
 

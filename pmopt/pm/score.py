@@ -33,7 +33,7 @@ def score_command(args) -> Path:
     scored = score_records(pm, records, prefix, batch_size)
     if options.max_length is not None:
         print(f"pmopt score: {pm.n_truncated} of {len(records)} records truncated to --max-length="
-              f"{options.max_length} tokens (the last {options.max_length} kept)")
+              f"{options.max_length} tokens (cut at the start: the head reads the end)")
     out = prepare_out_dir(getattr(args, "out", None), "score")
     atomic_write_jsonl(out / "scores.jsonl", scored)
     return out
