@@ -335,3 +335,18 @@ def test_bon_and_ppo_configs_take_the_same_loading_section(tmp_path):
     with pytest.raises(ValueError, match="reward.pm_load.device_map: expected 'auto'"):
         ppo.reward.pm_load.device_map = "balanced"
         ppo.validate()
+
+
+def test_ppo_reward_pm_loads_with_reward_pm_load(tiny_pm):
+    from pmopt.config import load_config
+    from pmopt.rl.config import PPOConfig
+    from pmopt.rl.rollout import build_reward
+
+    cfg = load_config(PPOConfig, data={
+        "policy": {"path": "p", "attn_implementation": "eager"}, "prompts": {"world": "w"},
+        "reward": {"pm": str(tiny_pm), "pm_load": {"dtype": "bfloat16", "max_length": 9}}})
+    reward = build_reward(cfg, "cpu")
+    options = reward.pm.options
+    assert (options.max_length, options.attn_implementation, options.device) == (9, "eager", "cpu")
+    assert next(reward.pm.model.parameters()).dtype == torch.bfloat16
+    assert reward.pm.model.config._attn_implementation == "eager"
