@@ -73,6 +73,17 @@ def _common(parser: argparse.ArgumentParser, example_key: str) -> None:
     parser.add_argument("--out", default=None, help="output directory (default checkpoints/<command>-<time>)")
 
 
+def _pm_loading(parser: argparse.ArgumentParser) -> None:
+    """The flags of `pmopt.pm.loading.PMLoadOptions`."""
+    parser.add_argument("--dtype", default="float32", choices=["auto", "bfloat16", "float16", "float32"],
+                        help="weights dtype (auto: the checkpoint's own)")
+    parser.add_argument("--device", default=None, help="e.g. cpu, cuda:1 (default: cuda if present)")
+    parser.add_argument("--device-map", default=None, choices=["auto"], help="spread a large PM over devices")
+    parser.add_argument("--trust-remote-code", action="store_true", help="run a hub PM's own modelling code")
+    parser.add_argument("--max-length", type=int, default=None, help="tokens per record; longer keep their end")
+    parser.add_argument("--max-batch-tokens", type=int, default=None, help="padded tokens per batch")
+
+
 def _example_set(name: str) -> str:
     words = EXAMPLES[name].split()
     return words[words.index("--set") + 1]
@@ -93,10 +104,11 @@ def _add_command(sub, name: str, help_text: str) -> None:
         return
     cmd.config_command = config_command
     if name == "score":  # no config file: --pm, --input and the flags below are all it takes
-        cmd.add_argument("--pm", required=True, help="PM directory (full, LoRA or ensemble)")
+        cmd.add_argument("--pm", required=True, help="PM directory (full, LoRA or ensemble) or hub id")
         cmd.add_argument("--input", required=True, help="JSONL of {prompt, response} records")
         cmd.add_argument("--prefix", default=None, help="'non_sycophantic' or a JSON list of messages")
-        cmd.add_argument("--batch-size", type=int, default=32)
+        cmd.add_argument("--batch-size", type=int, default=32, help="most records per batch")
+        _pm_loading(cmd)
         cmd.add_argument("--out", default=None, help="output directory (default checkpoints/score-<time>)")
         cmd.set_defaults(config=None, overrides=[])
     elif name == "report":

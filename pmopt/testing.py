@@ -85,7 +85,7 @@ def save_seeded_pm(policy_dir, out, seed: int = 0):
     from pmopt.pm.model import load_seq_cls, load_tokenizer
 
     torch.manual_seed(seed)
-    model = load_seq_cls(str(policy_dir), torch.float32)
+    model = load_seq_cls(str(policy_dir), torch.float32, new_head=True)
     tokenizer = load_tokenizer(str(policy_dir))
     model.config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(out)

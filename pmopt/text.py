@@ -10,6 +10,8 @@ sequences it was trained on and a policy is sampled from exactly the prompts it 
 - `join(prompt_text, response)` appends the response after one space unless the response already
   starts with whitespace (HH-RLHF responses do: " I'm sorry…").
 - A scored sequence ends with the tokenizer's EOS token, as TRL's RewardTrainer does for text data.
+  An encoder's tokenizer (one with a CLS token: BERT, RoBERTa, DeBERTa) instead wraps it in its own
+  `[CLS] ... [SEP]` (`encode_scored`): its classifier pools the CLS token (Devlin et al. 2019, §3).
 """
 
 from __future__ import annotations
@@ -72,10 +74,24 @@ def scored_text(prompt: Text, response: str, tokenizer=None, prefix: Messages | 
         messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
         prompt = list(prefix) + list(messages)
     text = join(render_prompt(prompt, tokenizer, template), response)
-    eos = getattr(tokenizer, "eos_token", None) if tokenizer is not None else None
+    if tokenizer is None or is_encoder_tokenizer(tokenizer):
+        return text  # an encoder's tokenizer appends its own end-of-sequence token ([SEP], </s>)
+    eos = getattr(tokenizer, "eos_token", None)
     return text + eos if eos and not text.endswith(eos) else text
 
 
 def encode(tokenizer, text: str) -> list[int]:
     """Token ids without the tokenizer adding BOS/EOS on its own (we add EOS explicitly)."""
     return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def encode_scored(tokenizer, text: str) -> list[int]:
+    """Token ids a PM reads (`scored_text`'s text): an encoder's tokenizer keeps its special tokens, since
+    its classifier pools the first ([CLS]) token; a causal LM's gets none (the EOS is already in the text,
+    and its classifier reads the last token)."""
+    return tokenizer(text, add_special_tokens=is_encoder_tokenizer(tokenizer))["input_ids"]
+
+
+def is_encoder_tokenizer(tokenizer) -> bool:
+    """A CLS token marks an encoder's tokenizer (BERT, RoBERTa, DeBERTa); causal LMs' have none."""
+    return getattr(tokenizer, "cls_token", None) is not None

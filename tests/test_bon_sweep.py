@@ -248,6 +248,28 @@ def test_reusing_a_pm_name_for_another_pm_is_an_error(finished, tiny_world, pms,
         run_bon(make_cfg(tiny_world, pms, entries), out)
 
 
+def test_pm_load_options_reach_the_sweeps_pms_and_its_cache(finished, tiny_world, pms, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "sweep"
+    shutil.copytree(finished, out)
+    with pytest.raises(PmoptError, match=r"proxy.json.*another PM entry.*changed: pm_load.max_length"):
+        run_bon(make_cfg(tiny_world, pms, pm_load={"max_length": 12}), out)
+    entries = [{"name": "proxy-short", "path": str(pms["proxy"])}]
+    run_bon(make_cfg(tiny_world, pms, entries, pm_load={"max_length": 12, "max_batch_tokens": 64}), out)
+    rows = read_jsonl(out / "scores" / "proxy-short.jsonl")
+    samples = {(r["prompt_id"], r["sample_idx"]): r["response"] for k in range(4)
+               for r in read_jsonl(out / "samples" / f"shard-{k:05d}.jsonl")}
+    by_id = {r["id"]: r for r in plan_sweep(make_cfg(tiny_world, pms)).records}
+    pm = PreferenceModel.load(pms["proxy"], device="cpu", max_length=12)
+    expected = pm.score([by_id[r["prompt_id"]]["prompt"] for r in rows],
+                        [samples[(r["prompt_id"], r["sample_idx"])] for r in rows])
+    assert pm.n_truncated > 0 and [r["score"] for r in rows] == pytest.approx(expected.tolist(), abs=1e-4)
+    assert f"PM 'proxy-short': {pm.n_truncated} scored sequences truncated" in capsys.readouterr().out
+    plain = {(r["prompt_id"], r["sample_idx"]): r["score"] for r in read_jsonl(out / "scores" / "proxy.jsonl")}
+    assert any(abs(plain[(r["prompt_id"], r["sample_idx"])] - r["score"]) > 1e-4 for r in rows)
+
+
 # ----------------------------------------------------------------------------- resume and determinism
 
 

@@ -118,7 +118,7 @@ def test_token_values_are_the_head_at_each_prefix(tiny_world):
 
     _, tok = load_world_policy(tiny_world)
     torch.manual_seed(0)
-    value_model = load_seq_cls(str(tiny_world / "policy"), torch.float32).eval()
+    value_model = load_seq_cls(str(tiny_world / "policy"), torch.float32, new_head=True).eval()
     value_model.config.pad_token_id = tok.pad_token_id
     queries = encode_queries(tok, ["User: what is 1 plus 1 ?\nAssistant:", "User: hi\nAssistant:"])
     responses = [tok("the answer is 2 .")["input_ids"], tok("the answer")["input_ids"]]
@@ -239,7 +239,7 @@ def test_value_model_initialised_from_policy_or_pm(tmp_path, tiny_world):
 
     _, tok = load_world_policy(tiny_world)
     torch.manual_seed(5)
-    pm = load_seq_cls(str(tiny_world / "policy"), torch.float32)
+    pm = load_seq_cls(str(tiny_world / "policy"), torch.float32, new_head=True)
     pm.config.pad_token_id = tok.pad_token_id
     pm.save_pretrained(tmp_path / "pm")
     tok.save_pretrained(tmp_path / "pm")

@@ -6,6 +6,7 @@ import random
 from dataclasses import replace
 
 import pytest
+from conftest import tiny_world_config
 
 from pmopt.faults import InjectedFault, reset_faults
 from pmopt.io import PmoptError
@@ -13,7 +14,6 @@ from pmopt.testing import word_tokenizer
 from pmopt.world.build import build_corpus
 from pmopt.world.pretrain import pretrain_policy, tokenize_dialogue
 from pmopt.world.texts import vocabulary_texts
-from conftest import tiny_world_config
 
 
 @pytest.fixture(scope="module")

@@ -64,6 +64,15 @@ def identity(entry, prefix: list[dict] | None) -> dict:
             "lam": entry.lam}
 
 
+def loading_identity(entry, options) -> dict:
+    """The `pm_load` options that change a PM's scores, only where they differ from the defaults, so
+    score files written before these options existed stay valid."""
+    if entry.kind == "gold":
+        return {}
+    changed = {"dtype": options.dtype != "float32", "max_length": options.max_length is not None}
+    return {f"pm_load.{key}": getattr(options, key) for key, differs in changed.items() if differs}
+
+
 # ----------------------------------------------------------------------------- the cache
 
 
@@ -71,7 +80,8 @@ def load_or_score(out: str | Path, entry, plan, samples, device=None, gold: np.n
     """(P, N) scores of `entry`: read from `scores/<name>.jsonl` if present, else computed and written."""
     out = Path(out)
     path, sidecar = out / SCORES_DIR / f"{entry.name}.jsonl", out / SCORES_DIR / f"{entry.name}.json"
-    ident = {**identity(entry, plan.prefixes[entry.name]), "samples": plan.samples_key()}
+    ident = {**identity(entry, plan.prefixes[entry.name]), **loading_identity(entry, plan.cfg.pm_load),
+             "samples": plan.samples_key()}
     if path.is_file():
         _check_sidecar(sidecar, ident, entry.name)
         return read_scores(path, samples, entry.name)
@@ -146,6 +156,8 @@ def compute_scores(out: Path, entry, plan, samples, device, gold: np.ndarray | N
 def member_scores(out: Path, entry, plan, samples, device, prefix) -> np.ndarray:
     """(K, P, N) ensemble member scores, cached per (ensemble dir, prefix) for every entry that shares it."""
     what = [str(Path(entry.path).resolve()), prefix, plan.samples_key()]
+    if loading_identity(entry, plan.cfg.pm_load):
+        what.append(loading_identity(entry, plan.cfg.pm_load))
     key = hashlib.sha256(json.dumps(what).encode()).hexdigest()[:12]
     path = out / SCORES_DIR / MEMBERS_DIR / f"{Path(entry.path).name}-{key}.jsonl"
     if path.is_file():
@@ -210,11 +222,15 @@ def _score_with_pm(entry, plan, samples, device, prefix, members: bool) -> np.nd
 
     from pmopt.pm.model import PreferenceModel
 
-    pm = PreferenceModel.load(entry.path, device=device, trust_remote_code=plan.cfg.trust_remote_code,
-                              attn_implementation=plan.cfg.attn_implementation)
+    cfg = plan.cfg
+    pm = PreferenceModel.load(entry.path, cfg.pm_load.for_run(device, cfg.trust_remote_code, cfg.attn_implementation))
     fn = partial(pm.score_members if members else pm.score, prefix=prefix, batch_size=entry.batch_size)
     try:
-        return _score_all(fn, plan, samples, entry.batch_size, f"{entry.name}{' members' if members else ''}")
+        scores = _score_all(fn, plan, samples, entry.batch_size, f"{entry.name}{' members' if members else ''}")
+        if cfg.pm_load.max_length is not None:
+            print(f"pmopt bon: PM '{entry.name}': {pm.n_truncated} scored sequences truncated to "
+                  f"pm_load.max_length={cfg.pm_load.max_length} tokens")
+        return scores
     finally:
         del pm, fn
         gc.collect()

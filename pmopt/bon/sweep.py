@@ -45,6 +45,7 @@ from pmopt.bon.shards import (
 )
 from pmopt.config import ConfigError, dump_yaml, load_config, to_dict
 from pmopt.io import Manifest, PmoptError, atomic_write_text, default_out_dir, prepare_out_dir
+from pmopt.pm.loading import PMLoadOptions
 from pmopt.policy import AttnImplementation
 from pmopt.sampling import SamplingConfig
 
@@ -105,6 +106,7 @@ class BonConfig:
     policy_dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = None
     attn_implementation: AttnImplementation | None = None  # policy and PMs; None = transformers' default
     trust_remote_code: bool = False  # allow the model repos' own Python code
+    pm_load: PMLoadOptions = field(default_factory=PMLoadOptions)  # how every PM loads (dtype, max_length, ...)
 
     def validate(self) -> None:
         if not self.policy and not self.world:
@@ -136,6 +138,7 @@ class BonConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        self.pm_load.validate("pm_load")
 
     def grid(self) -> list[int]:
         return list(self.n_grid) if self.n_grid is not None else default_n_grid(self.n_max)

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from pmopt.io import PmoptError
-from pmopt.pm.model import ENSEMBLE_FILE, PreferenceModel
+from pmopt.pm.model import ENSEMBLE_FILE, PMLoadOptions, PreferenceModel
 from pmopt.text import Messages, Text
 
 METHODS = ("mean", "worst", "uwo")
@@ -65,15 +66,19 @@ class EnsemblePM:
         self.member_scores: torch.Tensor | None = None
 
     @classmethod
-    def load(cls, path: str | Path, device=None, dtype=None, trust_remote_code: bool = False,
-             method: str | None = None, lam: float | None = None,
-             attn_implementation: str | None = None) -> EnsemblePM:
+    def load(cls, path: str | Path, options: PMLoadOptions | None = None, *, method: str | None = None,
+             lam: float | None = None, **overrides) -> EnsemblePM:
+        """Every member loaded with the same `options` (see `PreferenceModel.load`)."""
         path = Path(path)
+        options = replace(options or PMLoadOptions(), **overrides)
         spec = read_ensemble_spec(path)
-        members = [PreferenceModel.load(path / member, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
-                                        attn_implementation=attn_implementation) for member in spec["members"]]
+        members = [PreferenceModel.load(path / member, options) for member in spec["members"]]
         return cls(members, name=path.resolve().name, method=method or spec.get("aggregate", "mean"),
                    lam=spec.get("uwo_lambda", 0.0) if lam is None else lam)
+
+    @property
+    def n_truncated(self) -> int:
+        return sum(m.n_truncated for m in self.members)
 
     def score_members(self, prompts: Sequence[Text], responses: Sequence[str],
                       prefix: Messages | None = None, batch_size: int = 32) -> torch.Tensor:

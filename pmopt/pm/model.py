@@ -1,7 +1,7 @@
 """A trained preference model: load it (full, LoRA or ensemble directory) and score prompt/response pairs.
 
 `PreferenceModel.load(path).score(prompts, responses)` renders every pair with
-`pmopt.text.scored_text` + `pmopt.text.encode`, the same calls PM training uses, so the PM scores
+`pmopt.text.scored_text` + `pmopt.text.encode_scored`, the same calls PM training uses, so the PM scores
 exactly the token sequences it was trained on. Scores do not depend on the batch size, on which
 sequences share a batch, or on the tokenizer's padding side:
 
@@ -19,16 +19,27 @@ a user request for truthful answers and an assistant acknowledgement prepended t
 from __future__ import annotations
 
 import json
+import pickle
 from collections.abc import Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from pmopt.data.preferences import looks_like_hub_id
 from pmopt.io import PmoptError
-from pmopt.policy import attn_kwargs
-from pmopt.text import Messages, Text, encode, scored_text
+from pmopt.pm.loading import (  # noqa: F401 (re-exported: callers import these from pmopt.pm.model)
+    DTYPES,
+    PMLoadOptions,
+    check_loading_info,
+    check_num_labels,
+    load_seq_cls,
+    one_line,
+    resolve_dtype,
+    safetensors_error,
+)
+from pmopt.text import Messages, Text, encode_scored, is_encoder_tokenizer, scored_text
 from pmopt.world.raters import TRUTHFUL_PREFIX
 
 # The world generator imports this: keep it the single definition of the prefix (DESIGN §5 (a)).
@@ -37,50 +48,54 @@ NON_SYCOPHANTIC_PREFIX: Messages = TRUTHFUL_PREFIX
 
 PM_INFO_FILE = "pmopt_pm.json"
 ENSEMBLE_FILE = "ensemble.json"
-DEFAULT_NUM_LABELS = 2  # transformers' PretrainedConfig default, implied when a config omits id2label
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class PreferenceModel:
     """A scalar-head sequence classifier plus its tokenizer; `score` gives one float32 per pair."""
 
-    def __init__(self, model, tokenizer, name: str = "pm", info: dict | None = None):
+    def __init__(self, model, tokenizer, name: str = "pm", info: dict | None = None,
+                 options: PMLoadOptions | None = None):
         self.model = model
         self.tokenizer = ensure_pad_token(tokenizer)
         self.name = name
         self.info = dict(info or {})
+        self.options = options or PMLoadOptions()
+        self.n_truncated = 0  # sequences cut to options.max_length, over every call so far
         self._config().pad_token_id = self.tokenizer.pad_token_id
 
     # ------------------------------------------------------------------ loading
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device | None = None, dtype=None,
-             trust_remote_code: bool = False, method: str | None = None, lam: float | None = None,
-             attn_implementation: str | None = None):
-        """A full model dir, a LoRA adapter dir (base + adapter, merged) or an ensemble dir (-> EnsemblePM).
+    def load(cls, path: str | Path, options: PMLoadOptions | None = None, *, method: str | None = None,
+             lam: float | None = None, **overrides):
+        """A full model dir, a LoRA adapter dir (base + adapter, merged), an ensemble dir (-> EnsemblePM)
+        or a hub id.
 
-        `method` / `lam` choose the ensemble aggregate (default: what `ensemble.json` records);
-        `attn_implementation` the attention kernel (default: transformers' choice, sdpa where supported).
+        `options` (or keyword overrides of its fields: device, dtype, trust_remote_code, ...) say how to
+        load; `method` / `lam` choose the ensemble aggregate (default: what `ensemble.json` records).
         """
+        options = replace(options or PMLoadOptions(), **overrides)
+        try:
+            options.validate("options")
+        except ValueError as exc:
+            raise PmoptError(str(exc)) from None
         path = Path(path)
-        attn_kwargs(attn_implementation)  # a bad choice fails before anything loads
         if (path / ENSEMBLE_FILE).is_file():
             from pmopt.pm.ensemble import EnsemblePM
 
-            return EnsemblePM.load(path, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
-                                   method=method, lam=lam, attn_implementation=attn_implementation)
+            return EnsemblePM.load(path, options, method=method, lam=lam)
         if (path / "adapter_config.json").is_file():
-            model = _load_lora(path, resolve_dtype(dtype), trust_remote_code, attn_implementation)
-        elif (path / "config.json").is_file():
-            check_num_labels(path / "config.json")
-            model = load_seq_cls(str(path), resolve_dtype(dtype), trust_remote_code, attn_implementation)
-        elif not path.exists() and looks_like_hub_id(str(path)):  # a PM from the hub
-            model = load_seq_cls(str(path), resolve_dtype(dtype), trust_remote_code, attn_implementation)
+            model = _load_lora(path, options)
+        elif (path / "config.json").is_file() or (not path.exists() and looks_like_hub_id(str(path))):
+            model = load_seq_cls(str(path), options.dtype, options.trust_remote_code, options.attn_implementation,
+                                 device_map=options.device_map)
         else:
             raise PmoptError(f"{path}: not a preference-model directory (expected config.json, "
                              f"adapter_config.json or {ENSEMBLE_FILE})")
-        tokenizer = load_tokenizer(str(path), trust_remote_code)
-        pm = cls(model.to(resolve_device(device)), tokenizer, name=path.resolve().name, info=read_info(path))
+        tokenizer = load_tokenizer(str(path), options.trust_remote_code)
+        if options.device_map is None:
+            model = model.to(resolve_device(options.device))
+        pm = cls(model, tokenizer, name=path.resolve().name, info=read_info(path), options=options)
         pm.model.eval()
         return pm
 
@@ -91,7 +106,7 @@ class PreferenceModel:
         """Token ids of prompt + response (+ EOS): the exact sequences training tokenized."""
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-        return [encode(self.tokenizer, scored_text(p, r, self.tokenizer, prefix))
+        return [encode_scored(self.tokenizer, scored_text(p, r, self.tokenizer, prefix))
                 for p, r in zip(prompts, responses, strict=True)]
 
     def score(self, prompts: Sequence[Text], responses: Sequence[str], prefix: Messages | None = None,
@@ -102,16 +117,33 @@ class PreferenceModel:
     def score_ids(self, sequences: Sequence[Sequence[int]], batch_size: int = 32) -> torch.Tensor:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        sequences = self.truncate(sequences)
         self.check_lengths(sequences)
         scores = torch.empty(len(sequences), dtype=torch.float32)
-        device = next(self.model.parameters()).device
-        for batch in length_buckets(sequences, batch_size):
+        device = self.model.get_input_embeddings().weight.device  # the first device under a device_map
+        for batch in length_buckets(sequences, batch_size, self.options.max_batch_tokens):
             input_ids, attention_mask = right_pad([sequences[i] for i in batch], self.tokenizer.pad_token_id)
             with torch.inference_mode(), eval_mode(self.model):
                 logits = self.model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
                                     use_cache=False).logits
             scores[batch] = logits[:, 0].float().cpu()
         return scores
+
+    def truncate(self, sequences: Sequence[Sequence[int]]) -> Sequence[Sequence[int]]:
+        """Cut sequences to `options.max_length` tokens, keeping the last ones, and count them.
+
+        A causal LM's head reads the last token (the EOS after the response), so the end is what must
+        survive: the start of a long prompt goes first. An encoder also keeps its first ([CLS]) token,
+        the one its head pools.
+        """
+        limit = self.options.max_length
+        if limit is None:
+            return sequences
+        head = 1 if is_encoder_tokenizer(self.tokenizer) and limit > 1 else 0
+        cut = [list(ids[:head]) + list(ids[len(ids) - limit + head:]) if len(ids) > limit else ids
+               for ids in sequences]
+        self.n_truncated += sum(len(ids) > limit for ids in sequences)
+        return cut
 
     def check_lengths(self, sequences: Sequence[Sequence[int]]) -> None:
         """Empty sequences and ones past the model's positions cannot be scored: say which."""
@@ -134,10 +166,26 @@ class PreferenceModel:
 # ---------------------------------------------------------------------- batching
 
 
-def length_buckets(sequences: Sequence[Sequence[int]], batch_size: int) -> list[list[int]]:
-    """Indices sorted by length (longest first, stable), cut into batches: little padding per batch."""
+def length_buckets(sequences: Sequence[Sequence[int]], batch_size: int,
+                   max_tokens: int | None = None) -> list[list[int]]:
+    """Indices sorted by length (longest first, stable), cut into batches: little padding per batch.
+
+    With `max_tokens`, a batch also holds at most that many padded tokens (rows x its longest sequence):
+    batches of long sequences are smaller, batches of short ones larger, up to `batch_size`. A sequence
+    longer than the budget is a batch of its own.
+    """
     order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
-    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+    batches: list[list[int]] = []
+    for index in order:
+        batch = batches[-1] if batches else None
+        # Longest first: the batch's first sequence is its width, so one more row costs that many tokens.
+        fits = batch is not None and len(batch) < batch_size and (
+            max_tokens is None or (len(batch) + 1) * len(sequences[batch[0]]) <= max_tokens)
+        if fits:
+            batch.append(index)
+        else:
+            batches.append([index])
+    return batches
 
 
 def right_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -171,17 +219,6 @@ def resolve_device(device) -> torch.device:
     return torch.device(device)
 
 
-def resolve_dtype(dtype) -> torch.dtype | str:
-    """None -> float32 (scores are compared across PMs and runs); "auto" -> the checkpoint's dtype."""
-    if dtype is None:
-        return torch.float32
-    if isinstance(dtype, torch.dtype) or dtype == "auto":
-        return dtype
-    if dtype not in DTYPES:
-        raise PmoptError(f"unknown dtype {dtype!r} (expected auto, {', '.join(DTYPES)})")
-    return DTYPES[dtype]
-
-
 def ensure_pad_token(tokenizer):
     """Sequence classifiers need a pad id to find the last real token; fall back to EOS (TRL does too)."""
     if tokenizer.pad_token is None:
@@ -202,61 +239,44 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     return ensure_pad_token(tokenizer)
 
 
-def load_seq_cls(name_or_path: str, dtype, trust_remote_code: bool = False, attn_implementation: str | None = None):
-    """`AutoModelForSequenceClassification` with one label: the PM's scalar head.
+def _load_lora(path: Path, options: PMLoadOptions):
+    """Base model + adapter, merged for speed. The base gets a fresh score head (`new_head`): the trained
+    one comes from the adapter's `modules_to_save`, so an adapter file lacking it is refused like any
+    missing weight (peft itself only warns about missing LoRA matrices, and not about the head)."""
+    from peft import PeftConfig, PeftModel, get_peft_model_state_dict
+    from peft.utils import load_peft_weights
 
-    Loading a causal LM this way leaves `score.weight` newly initialised (and drops `lm_head`); TRL's
-    context manager silences that expected report.
-    """
-    from transformers import AutoModelForSequenceClassification
-    from trl.trainer.reward_trainer import suppress_seqcls_warning
-
+    config_file = path / "adapter_config.json"
     try:
-        with suppress_seqcls_warning():
-            return AutoModelForSequenceClassification.from_pretrained(
-                name_or_path, num_labels=1, dtype=dtype, trust_remote_code=trust_remote_code,
-                **attn_kwargs(attn_implementation))
-    except (OSError, ValueError, RuntimeError) as exc:  # missing files, bad config, mismatched shapes
-        raise PmoptError(f"{name_or_path}: could not load as a sequence classifier: {exc}") from None
-
-
-def _load_lora(path: Path, dtype, trust_remote_code: bool, attn_implementation: str | None = None):
-    """Base model + adapter; the trained score head comes from `modules_to_save`. Merged for speed."""
-    from peft import PeftModel
-
-    adapter = json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))
-    base = adapter.get("base_model_name_or_path")
-    if not base:
-        raise PmoptError(f"{path / 'adapter_config.json'}: field 'base_model_name_or_path' missing")
-    if Path(base).is_dir():
-        check_num_labels(Path(base) / "config.json")
-    model = load_seq_cls(base, dtype, trust_remote_code, attn_implementation)
-    tokenizer = load_tokenizer(str(path), trust_remote_code)
-    model.config.pad_token_id = tokenizer.pad_token_id
-    return PeftModel.from_pretrained(model, str(path)).merge_and_unload()
-
-
-def check_num_labels(config_file: Path) -> None:
-    """A PM has one output. A classifier checkpoint with more labels is not a reward model.
-
-    A causal-LM checkpoint has no label fields (its head is replaced by a fresh 1-label score head).
-    A `*ForSequenceClassification` checkpoint without them has transformers' default of 2 labels.
-    """
-    if not config_file.is_file():
-        raise PmoptError(f"{config_file.parent}: no config.json (not a Hugging Face model directory)")
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
+        base = json.loads(config_file.read_text(encoding="utf-8")).get("base_model_name_or_path")
     except json.JSONDecodeError as exc:
         raise PmoptError(f"{config_file}: malformed JSON ({exc.msg})") from None
-    is_classifier = any(str(a).endswith("ForSequenceClassification") for a in config.get("architectures") or [])
-    field, labels = "architectures", DEFAULT_NUM_LABELS if is_classifier else None
-    if config.get("id2label"):
-        field, labels = "id2label", len(config["id2label"])
-    if "num_labels" in config:
-        field, labels = "num_labels", config["num_labels"]
-    if labels is not None and labels != 1:
-        raise PmoptError(f"{config_file}: field '{field}': the checkpoint is a classifier with {labels} "
-                         "labels; a preference model needs exactly 1 (a scalar reward)")
+    if not base:
+        raise PmoptError(f"{config_file}: field 'base_model_name_or_path' missing")
+    model = load_seq_cls(base, options.dtype, options.trust_remote_code, options.attn_implementation,
+                         new_head=True, device_map=options.device_map)
+    model.config.pad_token_id = load_tokenizer(str(path), options.trust_remote_code).pad_token_id
+    where = adapter_weights_label(path)
+    try:
+        adapter = PeftConfig.from_pretrained(str(path))
+        adapter.inference_mode = True
+        # PeftModel.from_pretrained in two steps, so the expected keys can be checked before peft loads them
+        model = PeftModel(model, adapter)
+        saved = load_peft_weights(str(path), device="cpu")
+        expected = set(get_peft_model_state_dict(model))
+        check_loading_info({"missing_keys": expected - set(saved), "unexpected_keys": set(saved) - expected},
+                           where, {"architectures": [f"LoRA adapter on {base}"]})
+        model.load_adapter(str(path), "default")
+    except (OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError, safetensors_error()) as exc:
+        raise PmoptError(f"{where}: could not load the LoRA adapter: {one_line(exc)}") from None
+    return model.merge_and_unload()
+
+
+def adapter_weights_label(path: Path) -> str:
+    for name in ("adapter_model.safetensors", "adapter_model.bin"):
+        if (path / name).is_file():
+            return str(path / name)
+    return str(path)
 
 
 def read_info(path: Path) -> dict:
@@ -264,5 +284,6 @@ def read_info(path: Path) -> dict:
     return json.loads(info_file.read_text(encoding="utf-8")) if info_file.is_file() else {}
 
 
-__all__ = ["PreferenceModel", "NON_SYCOPHANTIC_PREFIX", "length_buckets", "right_pad", "load_seq_cls",
-           "load_tokenizer", "ensure_pad_token", "check_num_labels", "PM_INFO_FILE", "ENSEMBLE_FILE"]
+__all__ = ["PreferenceModel", "PMLoadOptions", "NON_SYCOPHANTIC_PREFIX", "length_buckets", "right_pad",
+           "load_seq_cls", "load_tokenizer", "ensure_pad_token", "check_num_labels", "PM_INFO_FILE",
+           "ENSEMBLE_FILE"]

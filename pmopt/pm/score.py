@@ -1,4 +1,5 @@
-"""`pmopt score --pm DIR --input FILE --out DIR [--prefix non_sycophantic|JSON] [--batch-size N]`.
+"""`pmopt score --pm DIR|HUB_ID --input FILE --out DIR [--prefix non_sycophantic|JSON] [--batch-size N]
+[--dtype D] [--device D | --device-map auto] [--trust-remote-code] [--max-length N] [--max-batch-tokens N]`.
 
 The whole input is validated first (`validate_scoring_input`: errors name file, line and field), then the
 PM is loaded, every record scored, and `out/scores.jsonl` written in one atomic step: one record per
@@ -12,7 +13,8 @@ from pathlib import Path
 
 from pmopt.io import PmoptError, atomic_write_jsonl, prepare_out_dir, read_jsonl
 from pmopt.pm.ensemble import EnsemblePM
-from pmopt.pm.model import NON_SYCOPHANTIC_PREFIX, PreferenceModel
+from pmopt.pm.model import NON_SYCOPHANTIC_PREFIX, PMLoadOptions, PreferenceModel
+from pmopt.policy import looks_like_hub_id
 from pmopt.records import check_text, validate_scoring_input
 from pmopt.text import Messages
 
@@ -25,13 +27,37 @@ def score_command(args) -> Path:
     batch_size = getattr(args, "batch_size", 32)
     if batch_size < 1:
         raise PmoptError(f"--batch-size: must be >= 1, got {batch_size}")
-    if not Path(args.pm).exists():
-        raise PmoptError(f"--pm: {args.pm}: no such directory")
+    options = load_options(args)
+    check_pm_source(args.pm)
     out = prepare_out_dir(getattr(args, "out", None), "score")  # a bad --out fails before the PM loads
-    pm = PreferenceModel.load(args.pm)
+    pm = PreferenceModel.load(args.pm, options)
     scored = score_records(pm, records, prefix, batch_size)
+    if options.max_length is not None:
+        print(f"pmopt score: {pm.n_truncated} of {len(records)} records truncated to --max-length="
+              f"{options.max_length} tokens (cut at the start: the head reads the end)")
     atomic_write_jsonl(out / "scores.jsonl", scored)
     return out
+
+
+def load_options(args) -> PMLoadOptions:
+    """The CLI flags as `PMLoadOptions`, checked before anything loads."""
+    for flag in ("max_length", "max_batch_tokens"):
+        value = getattr(args, flag, None)
+        if value is not None and value < 1:
+            raise PmoptError(f"--{flag.replace('_', '-')}: must be >= 1, got {value}")
+    if getattr(args, "device", None) and getattr(args, "device_map", None):
+        raise PmoptError("--device and --device-map: give one (--device-map auto places the PM itself)")
+    options = PMLoadOptions(
+        dtype=getattr(args, "dtype", "float32"), device=getattr(args, "device", None),
+        device_map=getattr(args, "device_map", None), trust_remote_code=getattr(args, "trust_remote_code", False),
+        max_length=getattr(args, "max_length", None), max_batch_tokens=getattr(args, "max_batch_tokens", None))
+    return options
+
+
+def check_pm_source(pm: str) -> None:
+    """A local directory, or an 'org/name' hub id (loaded from the hub, or its cache when offline)."""
+    if not Path(pm).exists() and not looks_like_hub_id(pm):
+        raise PmoptError(f"--pm: {pm}: no such directory (and not a hub model id such as 'org/name')")
 
 
 def parse_prefix(value: str | None) -> Messages | None:
@@ -70,4 +96,4 @@ def score_records(pm: PreferenceModel | EnsemblePM, records: list[dict], prefix:
     return out
 
 
-__all__ = ["score_command", "parse_prefix", "score_records", "NAMED_PREFIXES"]
+__all__ = ["score_command", "parse_prefix", "score_records", "load_options", "NAMED_PREFIXES"]

@@ -11,7 +11,7 @@ Read top to bottom:
    pre-tokenized dataset, resume from `checkpoints/checkpoint-*` when one exists, save the final model
    (safetensors) + tokenizer + `pmopt_pm.json` (written last: it marks the member as complete).
 
-Pairs are tokenized here with `pmopt.text.scored_text` + `pmopt.text.encode`, the calls `PreferenceModel`
+Pairs are tokenized here with `pmopt.text.scored_text` + `pmopt.text.encode_scored`, the calls `PreferenceModel`
 scores with, so training and scoring see identical token sequences. TRL would silently drop pairs longer
 than `max_length`; here they are an error naming the pair's file and line.
 
@@ -54,7 +54,7 @@ from pmopt.pm.model import (
     resolve_dtype,
 )
 from pmopt.policy import AttnImplementation
-from pmopt.text import encode, scored_text
+from pmopt.text import encode_scored, scored_text
 
 # ============================================================================ 1. config
 
@@ -259,7 +259,7 @@ def tokenize_pairs(pairs: list[dict], tokenizer, max_length: int, what: str,
     columns: dict[str, list] = {"chosen_ids": [], "rejected_ids": []}
     dropped = 0
     for index, pair in enumerate(pairs):
-        ids = {side: encode(tokenizer, scored_text(pair["prompt"], pair[side], tokenizer))
+        ids = {side: encode_scored(tokenizer, scored_text(pair["prompt"], pair[side], tokenizer))
                for side in ("chosen", "rejected")}
         side, longest = max(((s, len(v)) for s, v in ids.items()), key=lambda item: item[1])
         if longest > max_length:
@@ -311,7 +311,7 @@ def train_member(cfg: PMTrainConfig, k: int, member_dir: Path, tokenizer, train_
     seed = cfg.train.seed + k
     set_seed(seed)  # before loading: the new score head is randomly initialised
     model = load_seq_cls(model_source(cfg.model), resolve_dtype(cfg.model.dtype), cfg.model.trust_remote_code,
-                         cfg.model.attn_implementation)
+                         cfg.model.attn_implementation, new_head=True)  # a base causal LM gets a fresh head
     model.config.pad_token_id = tokenizer.pad_token_id
     has_eval = len(eval_ids["chosen_ids"]) > 0
     trainer = RewardTrainer(

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from pmopt.pm.loading import PMLoadOptions
 from pmopt.policy import AttnImplementation
 from pmopt.sampling import SamplingConfig
 
@@ -56,6 +57,7 @@ class RewardSection:
     ensemble_aggregate: Literal["mean", "worst", "uwo"] | None = None  # default: what ensemble.json says
     ensemble_lambda: float | None = None  # uwo's lambda; default: what ensemble.json says
     batch_size: int = 64  # PM scoring batch
+    pm_load: PMLoadOptions = field(default_factory=PMLoadOptions)  # how the PM loads; device: the run's
     missing_eos_penalty: float | None = 1.0  # subtracted from the score of responses cut at max_new_tokens
     world: str | None = None  # world dir for kind gold / raters; default: prompts.world
 
@@ -187,6 +189,7 @@ class PPOConfig:
             if not ok:
                 raise ValueError(message)
         self.sampling.validate()
+        self.reward.pm_load.validate("reward.pm_load")
 
     @property
     def probe_world(self) -> str | None:

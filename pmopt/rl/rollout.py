@@ -163,10 +163,15 @@ def build_reward(cfg: PPOConfig, device):
         return gold_reward_fn(raters, cfg.reward_label) if r.kind == "gold" else RaterReward(raters, cfg.reward_label)
     from pmopt.pm.model import NON_SYCOPHANTIC_PREFIX, PreferenceModel
 
-    pm = PreferenceModel.load(r.pm, device=device, method=r.ensemble_aggregate, lam=r.ensemble_lambda,
-                              attn_implementation=cfg.policy.attn_implementation)
+    pm = PreferenceModel.load(r.pm, pm_options(cfg, device), method=r.ensemble_aggregate, lam=r.ensemble_lambda)
     prefix = NON_SYCOPHANTIC_PREFIX if r.prefix == "non_sycophantic" else None
     return PMReward(pm, prefix, r.batch_size, cfg.reward_label)
+
+
+def pm_options(cfg: PPOConfig, device):
+    """`reward.pm_load`, with the policy's trust_remote_code / attn_implementation and the run's device."""
+    p = cfg.policy
+    return cfg.reward.pm_load.for_run(device, p.trust_remote_code, p.attn_implementation)
 
 
 def gold_scores(metas: Sequence[dict], responses: Sequence[str], raters) -> list[float] | None:
@@ -344,7 +349,7 @@ def load_value_model(cfg: PPOConfig, tokenizer):
     if cfg.value.init == "pm" and not cfg.value.path:
         if cfg.reward.kind != "pm":
             raise ConfigError("value.init: 'pm' needs reward.kind 'pm' (or value.path)")
-        pm = PreferenceModel.load(source, device="cpu", attn_implementation=cfg.policy.attn_implementation)
+        pm = PreferenceModel.load(source, pm_options(cfg, None), device="cpu", device_map=None)  # trained as a value model
         members = getattr(pm, "members", [pm])  # an ensemble: its first member
         model, pm_tokenizer = members[0].model, members[0].tokenizer
         if pm_tokenizer.get_vocab() != tokenizer.get_vocab():
@@ -352,7 +357,7 @@ def load_value_model(cfg: PPOConfig, tokenizer):
                               "use value.init: policy")
     else:
         model = load_seq_cls(source, getattr(torch, cfg.policy.dtype), cfg.policy.trust_remote_code,
-                             cfg.policy.attn_implementation)
+                             cfg.policy.attn_implementation, new_head=True)  # the value head is new
     model.config.pad_token_id = tokenizer.pad_token_id
     disable_dropout(model)
     if cfg.policy.lora.enabled:
