@@ -37,10 +37,17 @@ def seed_config(cfg, seed: int):
     return replace(cfg, seed=seed, seeds=[], world=replace(cfg.world, seed=seed))
 
 
+# Seeds at once per core, by default. A one-thread process does not spin-wait for others, so running more
+# seeds than cores shares the cores at the same total throughput and finishes sooner (3 seeds on 2 cores:
+# 1.5 seed-times instead of 2); the cap bounds memory (each seed's process holds its own models).
+SEEDS_PER_CORE = 4
+
+
 def worker_count(cfg) -> int:
     if cfg.parallel_seeds > 0:
         return min(cfg.parallel_seeds, len(cfg.seeds))
-    return max(1, min(len(cfg.seeds), (os.cpu_count() or 1) // max(cfg.threads_per_seed, 1)))
+    slots = SEEDS_PER_CORE * (os.cpu_count() or 1) // max(cfg.threads_per_seed, 1)
+    return max(1, min(len(cfg.seeds), slots))
 
 
 def run_seeds(cfg, run: Path, manifest: Manifest) -> dict[int, float]:

@@ -79,7 +79,7 @@ class ExperimentConfig:
     # run the whole experiment once per seed k (seed = world.seed = k) under RUN/seed-<k>/, then aggregate
     # curves over seeds (pmopt.multiseed); empty = one run with `seed` and `world.seed` as given
     seeds: list[int] = field(default_factory=list)
-    parallel_seeds: int = 0  # seeds run at once in separate processes; 0 = as many as the CPU cores allow
+    parallel_seeds: int = 0  # seeds run at once in separate processes; 0 = all of them, up to 4 per CPU core
     threads_per_seed: int = 1  # torch threads of each seed's process (fixed, so results do not depend on parallelism)
     world: WorldConfig = field(default_factory=WorldConfig)  # the synthetic world (`pmopt world`'s config)
     pm: PMStage = field(default_factory=PMStage)  # the PMs trained on the world's pairs

@@ -35,11 +35,12 @@ def pm_part(seed: int, root: Path) -> dict:
     from conftest import tiny_world_config, world_pm_config
     from test_pm_world import prefers_sycophancy, sycophancy_margins
 
+    from pmopt.config import load_config
     from pmopt.io import read_jsonl
     from pmopt.pm.model import NON_SYCOPHANTIC_PREFIX, PreferenceModel
     from pmopt.pm.train import train_pm
     from pmopt.world.build import build_world
-    from pmopt.world.config import RatersConfig
+    from pmopt.world.config import WorldConfig
     from pmopt.world.raters import rater_agreement
 
     world = root / "world"
@@ -53,7 +54,7 @@ def pm_part(seed: int, root: Path) -> dict:
     chosen = pms["proxy"].score([p["prompt"] for p in pairs], [p["chosen"] for p in pairs])
     rejected = pms["proxy"].score([p["prompt"] for p in pairs], [p["rejected"] for p in pairs])
     accuracy = (chosen > rejected).float().mean().item()
-    ceiling = rater_agreement(pairs, RatersConfig())
+    ceiling = rater_agreement(pairs, load_config(WorldConfig, world / "config.yaml").raters)
     unbiased_margin = sycophancy_margins(pms["unbiased"], world).mean().item()
     return {"biased_rate": biased, "unbiased_rate": unbiased, "margin_rate": biased - unbiased - 0.3,
             "unbiased_margin": unbiased_margin,

@@ -58,7 +58,8 @@ def test_pm_preference_for_sycophancy_rises_with_rater_bias(tiny_world, tiny_wor
 
 def test_pm_agreement_with_raters(tiny_world, tiny_world_pms):
     """Held-out agreement with the raters' labels, against what the raters' own utility achieves."""
-    from pmopt.world.config import RatersConfig
+    from pmopt.config import load_config
+    from pmopt.world.config import WorldConfig
     from pmopt.world.raters import rater_agreement
 
     pairs = read_jsonl(tiny_world / "pairs" / "eval.jsonl")
@@ -66,7 +67,7 @@ def test_pm_agreement_with_raters(tiny_world, tiny_world_pms):
     chosen = pm.score([p["prompt"] for p in pairs], [p["chosen"] for p in pairs])
     rejected = pm.score([p["prompt"] for p in pairs], [p["rejected"] for p in pairs])
     accuracy = (chosen > rejected).float().mean().item()
-    ceiling = rater_agreement(pairs, RatersConfig())
+    ceiling = rater_agreement(pairs, load_config(WorldConfig, tiny_world / "config.yaml").raters)
     info = json.loads((tiny_world_pms["proxy"] / "pmopt_pm.json").read_text())
     assert info["eval_accuracy"] == pytest.approx(accuracy, abs=1e-6)
     # the tiny world is small (~1,100 pairs); the default world must reach 0.8 (measured in the README)
