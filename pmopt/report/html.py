@@ -218,7 +218,7 @@ table { border-collapse: collapse; font-size: .85em; margin: .5em 0; }
 th, td { border: 1px solid #ddd; padding: .25em .6em; text-align: left; vertical-align: top; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 th { background: #f4f4f4; } tr:nth-child(even) td { background: #fafafa; }
-.plots { display: flex; flex-wrap: wrap; gap: 1em; }
+.plots { display: grid; grid-template-columns: repeat(auto-fill, minmax(460px, 1fr)); gap: 1em; }
 figure { margin: 0; } figure img { max-width: 640px; width: 100%; border: 1px solid #eee; }
 figure.headline img { max-width: 1100px; }
 figcaption { font-size: .8em; color: #666; }
