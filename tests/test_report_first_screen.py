@@ -178,3 +178,19 @@ def test_pm_styles_families_share_a_hue_and_markers_differ():
     assert styles["proxy"].linewidth < ENSEMBLE_LINE_WIDTH and styles["gold"].colour == "#111111"
     assert len({s.marker for s in styles.values()}) == len(styles)
     assert styles["other"].colour not in {c for shades in FAMILY_SHADES.values() for c in shades}
+
+
+@pytest.mark.parametrize("change, field", [
+    (lambda c: c["claim"].pop("proxy_n"), "claim.proxy_n"),
+    (lambda c: c["per_seed"]["1"]["prefixed_n"].update(ci_high="0.2"), "per_seed.1.prefixed_n"),
+    (lambda c: c["claim"].update(holds="yes"), "claim.holds"),
+    (lambda c: c.update(verdict=3), "verdict"),
+])
+def test_bad_claims_is_an_error_before_anything_is_written(tmp_path, change, field):
+    run = build_run(tmp_path / "run", with_fits=False)
+    claims = read_claims(run)
+    change(claims)
+    atomic_write_json(run / "claims.json", claims)
+    with pytest.raises(PmoptError, match=rf"claims\.json: field '{re.escape(field)}"):
+        build_report(run)
+    assert not (run / "report").exists()

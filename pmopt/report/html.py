@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pmopt.io import PmoptError, atomic_write_text, prepare_out_dir, read_json_file, read_jsonl
-from pmopt.report.key_result import key_sentences
+from pmopt.report.key_result import check_claims, key_sentences
 from pmopt.report.plots import plot_all, plot_fits, plot_headline
 from pmopt.report.pm_legend import LegendRow, legend_rows
 from pmopt.report.tables import aggregate_rows, check_aggregate, interval_cell, is_aggregate, json_rows
@@ -77,6 +77,8 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
     config_path = run_dir / "config.yaml"
     config_text = config_path.read_text(encoding="utf-8", errors="replace") if config_path.is_file() else None
     claims = _read_json_dict(run_dir / "claims.json") if (run_dir / "claims.json").is_file() else None
+    if claims is not None:
+        check_claims(claims, run_dir / "claims.json")
     legend = legend_rows(run_dir, {r["pm"] for r in rows})
     fits = _read_json_dict(run_dir / "fits.json").get("fits", []) if (run_dir / "fits.json").is_file() else []
 

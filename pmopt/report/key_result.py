@@ -10,8 +10,47 @@ in ground truth too.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from pmopt.io import PmoptError
 
 GOLD = "gold/reward"
+POINTS = ("proxy_1", "proxy_n", "prefixed_1", "prefixed_n")
+
+
+def check_claims(claims: Mapping, path: Path) -> None:
+    """claims.json holds what the key result reads: each claim's four points (a number `value`, bounds
+    numbers or null), `n_max`, `metric`, `proxy_rise`, `separation` and `holds`; a string `verdict`."""
+    if not isinstance(claims.get("verdict", ""), str):
+        raise PmoptError(f"{path}: field 'verdict': expected a string")
+    per_seed = claims.get("per_seed", {})
+    if not isinstance(per_seed, Mapping):
+        raise PmoptError(f"{path}: field 'per_seed': expected an object")
+    for field, claim in [("claim", claims.get("claim")), *((f"per_seed.{k}", c) for k, c in per_seed.items())]:
+        if claim is not None:
+            _check_claim(claim, f"{path}: field '{field}")
+
+
+def _check_claim(claim, where: str) -> None:
+    if not isinstance(claim, Mapping):
+        raise PmoptError(f"{where}': expected an object or null")
+    for point in POINTS:
+        value = claim.get(point)
+        if not isinstance(value, Mapping) or not _number(value.get("value")) or \
+                any(value.get(b) is not None and not _number(value[b]) for b in ("ci_low", "ci_high")):
+            raise PmoptError(f"{where}.{point}': expected {{value, ci_low, ci_high}} numbers (bounds may be null)")
+    checks = {"metric": isinstance(claim.get("metric"), str),
+              "n_max": isinstance(claim.get("n_max"), int) and not isinstance(claim.get("n_max"), bool),
+              "proxy_rise": _number(claim.get("proxy_rise")),
+              "separation": claim.get("separation") is None or _number(claim["separation"]),
+              "holds": isinstance(claim.get("holds"), bool)}
+    for name, ok in checks.items():
+        if not ok:
+            raise PmoptError(f"{where}.{name}': missing or of the wrong type ({claim.get(name)!r})")
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def with_interval(point: Mapping | None) -> str:
@@ -78,4 +117,4 @@ def key_sentences(claims: Mapping, rows: Sequence[Mapping]) -> list[str]:
     return out
 
 
-__all__ = ["claim_sentences", "gold_sentence", "key_sentences", "with_interval"]
+__all__ = ["check_claims", "claim_sentences", "gold_sentence", "key_sentences", "with_interval"]

@@ -54,7 +54,7 @@ def _row(run_dir: Path, seed_dirs: list[Path], name: str) -> LegendRow:
     infos = [_member_infos(d / "pms" / directory) for d in seed_dirs]
     infos = [i for i in infos if i]
     if not infos:
-        return LegendRow(name, what, "no pmopt_pm.json found", "")
+        return LegendRow(name, what, f"not recorded in this run (no pms/{directory}/{PM_INFO_FILE})", "")
     training = _training(infos[0], labels)
     accuracy = _accuracy(infos, len(seed_dirs) > 1)
     if name == "proxy-nonsyc":
