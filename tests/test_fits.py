@@ -237,4 +237,8 @@ def test_report_shows_the_fits_table_and_fitted_curves(run_dir):
     section = page.split("Functional-form fits (Gao et al. 2022)")[1]
     assert len(re.findall(r"<tr><td>", section.split("</table>")[0])) == 5
     assert "none within range" in section and "proxy (PPO)" in section
-    assert len(re.findall(r'src="data:image/png;base64,', section)) == 5
+    # the fitted gold curve on the exact KL axis is embedded among the figures, the other fit plots linked
+    embedded = re.findall(r'<img alt="(fit_[a-z_]+)" src="data:image/png;base64,', section)
+    assert embedded == ["fit_gold_reward_support"]
+    assert sorted(re.findall(r'<a href="(plots/fits/[a-z_]+\.png)">', section)) == sorted(
+        f"plots/fits/{p.name}" for p in fit_plots if p.stem != "fit_gold_reward_support")

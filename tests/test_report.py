@@ -143,11 +143,16 @@ def test_build_report(run_dir):
     assert html_path == out / "report.html"
     page = html_path.read_text(encoding="utf-8")
 
-    pngs = sorted((out / "plots").glob("*.png"))
-    assert len(pngs) == 4
-    embedded = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
-    assert len(embedded) == 4
-    assert sorted(base64.b64decode(e) for e in embedded) == sorted(_assert_png(p) for p in pngs)
+    # every metric's plots are written; the page embeds the headline and the curated ones and links the rest
+    pngs = {p.name: p for p in (out / "plots").glob("*.png")}
+    assert sorted(pngs) == sorted(["headline.png"] + [f"{slug(m)}_vs_{axis}.png" for m in METRICS for axis in ("n", "kl")])
+    embedded = re.findall(r'<img alt="([a-z_]+)" src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert [alt for alt, _ in embedded] == ["headline", "probe_answer_syco_rate_vs_n", "gold_reward_vs_n"]
+    for alt, data in embedded:
+        assert base64.b64decode(data) == _assert_png(pngs[f"{alt}.png"])
+    linked = re.findall(r'<a href="([^"]+)">', page)
+    assert sorted(linked) == ["plots/gold_reward_vs_kl.png", "plots/probe_answer_syco_rate_vs_kl.png"]
+    assert page.index('id="key-result"') < page.index('id="pms"') < page.index("<h2>Figures</h2>")
 
     # summary numbers: BoN pm_biased syco_rate goes 0.3 -> 0.5 with CI [0.47, 0.53] at n = 16
     with open(out / "summary.csv", newline="") as handle:
@@ -159,12 +164,12 @@ def test_build_report(run_dir):
     numbers = [float(row[k]) for k in ("first_value", "last_value", "last_ci_low", "last_ci_high", "change")]
     assert numbers == pytest.approx([0.3, 0.5, 0.47, 0.53, 0.2], abs=1e-15)  # full precision in the CSV
     assert float(row["last_kl"]) == math.log(16) - 15 / 16
-    assert "[0.47, 0.53]" in page and "n = 16" in page and "step = 30" in page
+    assert '<td class="num">0.5 [0.47, 0.53]</td>' in page and "n = 16" in page and "step = 30" in page
     assert "<td>pm_nonsyco</td>" in page
 
     # optional tables and config, escaped
-    assert "base_policy.neutral_accuracy" in page and "0.8625" in page
-    assert "probe/answer/syco_rate</td><td>0.2718" in page
+    assert '<td>base_policy.neutral_accuracy</td><td class="num">0.8625</td>' in page
+    assert '<td>probe/answer/syco_rate</td><td class="num">0.2718</td>' in page
     assert "n_max: 16  # &lt;tag&gt; &amp; more" in page
 
 
@@ -173,7 +178,7 @@ def test_build_report_bon_only_custom_out(tmp_path):
     atomic_write_jsonl(run / "bon" / "curves.jsonl", _bon_rows())
     html_path = build_report(run, tmp_path / "elsewhere")
     assert html_path == tmp_path / "elsewhere" / "report.html"
-    assert len(list((tmp_path / "elsewhere" / "plots").glob("*.png"))) == 4  # vs n and vs KL, 2 metrics
+    assert len(list((tmp_path / "elsewhere" / "plots").glob("*.png"))) == 5  # vs n and vs KL, 2 metrics; headline
     page = html_path.read_text(encoding="utf-8")
     assert "World statistics" not in page and "config.yaml" not in page
     assert not (run / "report").exists()
