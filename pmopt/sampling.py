@@ -206,7 +206,7 @@ def sample(model, tokenizer, prompts: list[Text], n: int, cfg: SamplingConfig, s
         raise ValueError("keys and prompts differ in length")
     stops = stop_token_ids(model, tokenizer, cfg.chat_template_kwargs)
     stop_ids = torch.tensor(stops, dtype=torch.long)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    pad_id = next(i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, stops[0]) if i is not None)
     encoded = [encode(tokenizer, render_prompt(p, tokenizer, chat_template_kwargs=cfg.chat_template_kwargs))
                for p in prompts]
     jobs = sorted(((i, j) for i in range(len(prompts)) for j in range(n)), key=lambda ij: (len(encoded[ij[0]]), ij))

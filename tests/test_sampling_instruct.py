@@ -109,3 +109,14 @@ def test_chat_template_kwargs_reach_the_template_in_the_sampler():
     assert encode_queries(tokenizer, PROMPTS[:1], kwargs)[0] == prefills[1]
     # same keyed streams: the same draws whatever the prompt text (the head ignores the context here)
     assert [g.token_ids for g in plain[0]] == [g.token_ids for g in thinking_off[0]]
+
+
+def test_empty_chat_template_kwargs_keep_a_sweeps_sample_identity():
+    """Samples drawn before `chat_template_kwargs` existed keep their meta (and the key of what derives
+    from them); set kwargs are part of it."""
+    from pmopt.bon.sweep import sampling_identity
+
+    assert sampling_identity(SamplingConfig()) == {"max_new_tokens": 24, "temperature": 1.0, "top_k": 0,
+                                                   "top_p": 1.0, "batch_size": 256}
+    kwargs = {"enable_thinking": False}
+    assert sampling_identity(SamplingConfig(chat_template_kwargs=kwargs))["chat_template_kwargs"] == kwargs

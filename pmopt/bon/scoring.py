@@ -70,7 +70,7 @@ def loading_identity(entry, options) -> dict:
     if entry.kind == "gold":
         return {}
     changed = {"dtype": options.dtype != "float32", "max_length": options.max_length is not None,
-               "chat_template_kwargs": getattr(options, "chat_template_kwargs", None) is not None}
+               "chat_template_kwargs": options.chat_template_kwargs is not None}
     return {f"pm_load.{key}": getattr(options, key) for key, differs in changed.items() if differs}
 
 
