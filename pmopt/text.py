@@ -22,8 +22,9 @@ What a PM reads (`scored_text`, the same rule in training and scoring):
   response stripped of the spaces around them), so an HH pair and its messages form score the same;
   any other string prompt stays verbatim. A prefill and the response form one assistant message.
 - Without a chat template (and for a string that is not an HH dialogue), the prompt rendered as
-  above, `join`ed with the response, plus the tokenizer's EOS token, as TRL does for text data.
-  `join(prompt_text, response)` adds one space unless either side already has whitespace there.
+  above, `join`ed with the response, plus the tokenizer's EOS token, as TRL does for text data (except
+  that TRL's `tokenizer(text)` would add a BOS where the tokenizer's post-processor has one, and no
+  space). `join(prompt_text, response)` adds one space unless either side already has whitespace there.
 - An encoder's tokenizer (one with a CLS token: BERT, RoBERTa, DeBERTa) wraps the text in its own
   `[CLS] ... [SEP]` (`encode_scored`) instead of an appended EOS: its classifier pools the CLS token
   (Devlin et al. 2019, §3).
