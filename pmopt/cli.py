@@ -82,6 +82,8 @@ def _pm_loading(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trust-remote-code", action="store_true", help="run a hub PM's own modelling code")
     parser.add_argument("--max-length", type=int, default=None, help="tokens per record; longer keep their end")
     parser.add_argument("--max-batch-tokens", type=int, default=None, help="padded tokens per batch")
+    parser.add_argument("--chat-template-kwargs", default=None, metavar="JSON",
+                        help="apply_chat_template kwargs (default: those the PM was trained with)")
 
 
 def _example_set(name: str) -> str:

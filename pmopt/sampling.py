@@ -7,6 +7,11 @@ sampling from those uniforms; batching, bucketing and sharding then change nothi
 float round-off in the logits). The decode loop uses the KV cache and left-pads prompts, passing
 explicit position ids so a padded prompt is positioned exactly as an unpadded one. Each distinct prompt
 of a batch is prefilled once and its cache copied to its samples; finished sequences leave the batch.
+
+A sequence finishes on any stop id (`stop_token_ids`): the tokenizer's EOS, every id of the model's
+`generation_config.eos_token_id` (an int or a list: Llama 3 lists <|eot_id|> beside <|end_of_text|>) and the
+token the chat template closes an assistant turn with (ChatML's <|im_end|>, Gemma's <end_of_turn>), so an
+instruct policy stops where its chat format says the reply ends.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from pmopt.text import Text, encode, render_prompt
+from pmopt.text import Text, encode, end_of_turn_ids, render_prompt
 
 
 @dataclass
@@ -27,6 +32,8 @@ class SamplingConfig:
     top_k: int = 0  # 0 = off
     top_p: float = 1.0  # 1.0 = off
     batch_size: int = 256  # sequences per forward pass
+    # passed to the chat template's apply_chat_template (e.g. {enable_thinking: false})
+    chat_template_kwargs: dict = field(default_factory=dict)
 
     def validate(self) -> None:
         if self.temperature <= 0:
@@ -43,7 +50,7 @@ class Generation:
     token_ids: list[int] = field(repr=False)
     logprob: float  # sum of log-probabilities of the sampled tokens under the sampling distribution
     n_tokens: int
-    finished: bool  # ended with EOS
+    finished: bool  # ended with a stop id (EOS, a generation_config EOS id or the template's end of turn)
 
 
 def stream_seed(seed: int, key: str, sample_idx: int) -> int:
@@ -121,9 +128,20 @@ def _prefill_shared(model, prompt_rows: list[list[int]], row_prompt: list[int], 
     return cache, out.logits[expand, -1, :], mask[expand], positions[expand]
 
 
+def stop_token_ids(model, tokenizer, chat_template_kwargs: dict | None = None) -> list[int]:
+    """Every id that ends a response: the tokenizer's EOS, the model's generation_config EOS ids (an int or
+    a list) and the chat template's end-of-turn token."""
+    generation_config = getattr(model, "generation_config", None)
+    configured = getattr(generation_config, "eos_token_id", None)
+    configured = configured if isinstance(configured, (list, tuple)) else [configured]
+    ids = [tokenizer.eos_token_id, *configured, *end_of_turn_ids(tokenizer, chat_template_kwargs)]
+    return sorted({int(i) for i in ids if i is not None})
+
+
 @torch.inference_mode()
 def _decode_batch(model, prompt_rows: list[list[int]], row_prompt: list[int], uniforms: torch.Tensor,
-                  cfg: SamplingConfig, eos_id: int, pad_id: int) -> tuple[list[list[int]], list[float], list[bool]]:
+                  cfg: SamplingConfig, stop_ids: torch.Tensor,
+                  pad_id: int) -> tuple[list[list[int]], list[float], list[bool]]:
     """Decode one sequence per entry of `row_prompt` (an index into the distinct `prompt_rows`)."""
     device = next(model.parameters()).device
     cache, logits, mask, positions = _prefill_shared(model, prompt_rows, row_prompt, pad_id, device)
@@ -140,7 +158,7 @@ def _decode_batch(model, prompt_rows: list[list[int]], row_prompt: list[int], un
         tokens_cpu = torch.where(alive, tokens.cpu(), torch.full_like(alive, -1, dtype=torch.long))
         tokens_out[rows, t] = tokens_cpu
         total_logp[rows] += torch.where(alive, logp.cpu(), torch.zeros_like(total_logp[rows]))
-        alive &= tokens_cpu != eos_id
+        alive &= ~torch.isin(tokens_cpu, stop_ids)
         finished_out[rows] |= ~alive
         if not bool(alive.any()) or t == cfg.max_new_tokens - 1:
             break
@@ -157,12 +175,12 @@ def _decode_batch(model, prompt_rows: list[list[int]], row_prompt: list[int], un
         out = model(input_ids=tokens.unsqueeze(-1), attention_mask=mask, position_ids=next_pos,
                     use_cache=True, **{cache_kwarg: cache})
         cache, logits = _cache_of(out), out.logits[:, -1, :]
-    return _collect(tokens_out, total_logp, finished_out, eos_id)
+    return _collect(tokens_out, total_logp, finished_out, set(stop_ids.tolist()))
 
 
 def _collect(tokens_out: torch.Tensor, total_logp: torch.Tensor, finished: torch.Tensor,
-             eos_id: int) -> tuple[list[list[int]], list[float], list[bool]]:
-    """Each row's tokens up to and including its EOS."""
+             stop_ids: set[int]) -> tuple[list[list[int]], list[float], list[bool]]:
+    """Each row's tokens up to and including its stop id."""
     out_rows = []
     for row in tokens_out.tolist():
         kept = []
@@ -170,7 +188,7 @@ def _collect(tokens_out: torch.Tensor, total_logp: torch.Tensor, finished: torch
             if token < 0:
                 break
             kept.append(token)
-            if token == eos_id:
+            if token in stop_ids:
                 break
         out_rows.append(kept)
     return out_rows, total_logp.tolist(), finished.tolist()
@@ -186,9 +204,11 @@ def sample(model, tokenizer, prompts: list[Text], n: int, cfg: SamplingConfig, s
     keys = keys if keys is not None else [str(i) for i in range(len(prompts))]
     if len(keys) != len(prompts):
         raise ValueError("keys and prompts differ in length")
-    eos_id = tokenizer.eos_token_id
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
-    encoded = [encode(tokenizer, render_prompt(p, tokenizer)) for p in prompts]
+    stops = stop_token_ids(model, tokenizer, cfg.chat_template_kwargs)
+    stop_ids = torch.tensor(stops, dtype=torch.long)
+    pad_id = next(i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, stops[0]) if i is not None)
+    encoded = [encode(tokenizer, render_prompt(p, tokenizer, chat_template_kwargs=cfg.chat_template_kwargs))
+               for p in prompts]
     jobs = sorted(((i, j) for i in range(len(prompts)) for j in range(n)), key=lambda ij: (len(encoded[ij[0]]), ij))
     results: list[list[Generation | None]] = [[None] * n for _ in prompts]
     was_training = model.training
@@ -199,7 +219,7 @@ def sample(model, tokenizer, prompts: list[Text], n: int, cfg: SamplingConfig, s
         distinct = list(dict.fromkeys(i for i, _ in chunk))
         slot = {i: k for k, i in enumerate(distinct)}
         rows, logps, done = _decode_batch(model, [encoded[i] for i in distinct], [slot[i] for i, _ in chunk],
-                                          uniforms, cfg, eos_id, pad_id)
+                                          uniforms, cfg, stop_ids, pad_id)
         for (i, j), row, logp, fin in zip(chunk, rows, logps, done, strict=True):
             text_ids = row[:-1] if fin else row
             response = tokenizer.decode(text_ids, skip_special_tokens=True).strip()

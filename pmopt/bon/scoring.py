@@ -69,7 +69,8 @@ def loading_identity(entry, options) -> dict:
     score files written before these options existed stay valid."""
     if entry.kind == "gold":
         return {}
-    changed = {"dtype": options.dtype != "float32", "max_length": options.max_length is not None}
+    changed = {"dtype": options.dtype != "float32", "max_length": options.max_length is not None,
+               "chat_template_kwargs": options.chat_template_kwargs is not None}
     return {f"pm_load.{key}": getattr(options, key) for key, differs in changed.items() if differs}
 
 

@@ -170,12 +170,21 @@ class SweepPlan:
         prompts = json.dumps([[r["id"], r["prompt"]] for r in self.records], sort_keys=True)
         return {"format": "pmopt-bon-samples", "version": 1, "policy": self.cfg.policy_path(),
                 "policy_dtype": self.cfg.policy_dtype, "seed": self.cfg.seed, "n_max": self.cfg.n_max,
-                "sampling": to_dict(self.cfg.sampling), "shard_size": self.cfg.shard_size,
+                "sampling": sampling_identity(self.cfg.sampling), "shard_size": self.cfg.shard_size,
                 "n_prompts": len(self.records), "prompts_sha256": hashlib.sha256(prompts.encode()).hexdigest()}
 
     def samples_key(self) -> str:
         """A short hash of `samples_meta`: the key of everything derived from the samples."""
         return hashlib.sha256(json.dumps(self.samples_meta(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def sampling_identity(sampling: SamplingConfig) -> dict:
+    """The sampling settings samples depend on; empty chat_template_kwargs are left out, so samples drawn
+    before that setting existed keep their meta and key."""
+    settings = to_dict(sampling)
+    if not settings.get("chat_template_kwargs"):
+        settings.pop("chat_template_kwargs", None)
+    return settings
 
 
 def plan_sweep(cfg: BonConfig) -> SweepPlan:

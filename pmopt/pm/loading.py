@@ -53,6 +53,8 @@ class PMLoadOptions:
     attn_implementation: AttnImplementation | None = None  # None: transformers' default (sdpa where supported)
     max_length: int | None = None  # tokens per scored sequence; longer ones keep their last max_length tokens
     max_batch_tokens: int | None = None  # padded tokens per scoring batch: long sequences get smaller batches
+    # passed to apply_chat_template when rendering pairs; None: the kwargs the PM was trained with
+    chat_template_kwargs: dict | None = None
 
     def validate(self, where: str = "pm_load") -> None:
         """ValueError naming `where`.key (configs turn it into an error naming the file too)."""

@@ -2,7 +2,9 @@
 
 `PreferenceModel.load(path).score(prompts, responses)` renders every pair with
 `pmopt.text.scored_text` + `pmopt.text.encode_scored`, the same calls PM training uses, so the PM scores
-exactly the token sequences it was trained on. Scores do not depend on the batch size, on which
+exactly the token sequences it was trained on. A PM trained by pmopt records its rendering (chat
+template hash and `chat_template_kwargs`, or verbatim text + EOS) in `pmopt_pm.json`; scoring it with a
+tokenizer or kwargs that render differently is an error naming both. Scores do not depend on the batch size, on which
 sequences share a batch, or on the tokenizer's padding side:
 
 - batches are always right-padded with the pad id and an attention mask, so the real tokens of a
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import warnings
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import replace
@@ -39,7 +42,16 @@ from pmopt.pm.loading import (  # noqa: F401 (re-exported: callers import these 
     resolve_dtype,
     safetensors_error,
 )
-from pmopt.text import Messages, Text, encode_scored, is_encoder_tokenizer, scored_text
+from pmopt.text import (
+    Messages,
+    Text,
+    describe_rendering,
+    encode_scored,
+    has_chat_template,
+    is_encoder_tokenizer,
+    rendering,
+    scored_text,
+)
 from pmopt.world.raters import TRUTHFUL_PREFIX
 
 # The world generator imports this: keep it the single definition of the prefix (DESIGN §5 (a)).
@@ -54,12 +66,18 @@ class PreferenceModel:
     """A scalar-head sequence classifier plus its tokenizer; `score` gives one float32 per pair."""
 
     def __init__(self, model, tokenizer, name: str = "pm", info: dict | None = None,
-                 options: PMLoadOptions | None = None):
+                 options: PMLoadOptions | None = None, where: str | None = None):
         self.model = model
         self.tokenizer = ensure_pad_token(tokenizer)
         self.name = name
         self.info = dict(info or {})
         self.options = options or PMLoadOptions()
+        # the kwargs the PM was trained with, unless the options say otherwise (then they must agree)
+        recorded = self.info.get("rendering") or {}
+        self.chat_template_kwargs = dict(self.options.chat_template_kwargs
+                                         if self.options.chat_template_kwargs is not None
+                                         else recorded.get("chat_template_kwargs") or {})
+        check_rendering(self.info, self.tokenizer, self.chat_template_kwargs, where or f"{name}/{PM_INFO_FILE}")
         self.n_truncated = 0  # sequences cut to options.max_length, over every call so far
         self._config().pad_token_id = self.tokenizer.pad_token_id
 
@@ -95,7 +113,8 @@ class PreferenceModel:
         tokenizer = load_tokenizer(str(path), options.trust_remote_code)
         if options.device_map is None:
             model = model.to(resolve_device(options.device))
-        pm = cls(model, tokenizer, name=path.resolve().name, info=read_info(path), options=options)
+        pm = cls(model, tokenizer, name=path.resolve().name, info=read_info(path), options=options,
+                 where=str(path / PM_INFO_FILE))
         pm.model.eval()
         return pm
 
@@ -106,7 +125,8 @@ class PreferenceModel:
         """Token ids of prompt + response (+ EOS): the exact sequences training tokenized."""
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-        return [encode_scored(self.tokenizer, scored_text(p, r, self.tokenizer, prefix))
+        return [encode_scored(self.tokenizer, scored_text(p, r, self.tokenizer, prefix,
+                                                          chat_template_kwargs=self.chat_template_kwargs))
                 for p, r in zip(prompts, responses, strict=True)]
 
     def score(self, prompts: Sequence[Text], responses: Sequence[str], prefix: Messages | None = None,
@@ -277,6 +297,25 @@ def adapter_weights_label(path: Path) -> str:
         if (path / name).is_file():
             return str(path / name)
     return str(path)
+
+
+def check_rendering(info: dict, tokenizer, chat_template_kwargs: dict, where: str) -> None:
+    """A PM must be scored with the rendering it was trained with (`pmopt.text.rendering`): a different
+    chat template, chat_template_kwargs or EOS gives it token sequences it never saw. A pmopt PM trained
+    before the rendering was recorded read the prompt through the template and the response as raw text
+    + EOS, which the whole-conversation rule now differs from under a template: that gets a warning. A hub
+    PM has no record (TRL-trained PMs use the whole-conversation rule, which is pmopt's)."""
+    current = rendering(tokenizer, chat_template_kwargs)
+    recorded = info.get("rendering")
+    if recorded is None:
+        if info and has_chat_template(tokenizer):
+            warnings.warn(f"{where}: no 'rendering' recorded (a PM trained before pmopt recorded it); it is "
+                         f"scored with the whole conversation through the {describe_rendering(current)}, "
+                         "which may differ from what it was trained on", UserWarning, stacklevel=3)
+        return
+    if recorded != current:
+        raise PmoptError(f"{where}: field 'rendering': the PM was trained on {describe_rendering(recorded)} "
+                         f"but its tokenizer and options render {describe_rendering(current)}")
 
 
 def read_info(path: Path) -> dict:

@@ -50,8 +50,21 @@ def load_options(args) -> PMLoadOptions:
     options = PMLoadOptions(
         dtype=getattr(args, "dtype", "float32"), device=getattr(args, "device", None),
         device_map=getattr(args, "device_map", None), trust_remote_code=getattr(args, "trust_remote_code", False),
-        max_length=getattr(args, "max_length", None), max_batch_tokens=getattr(args, "max_batch_tokens", None))
+        max_length=getattr(args, "max_length", None), max_batch_tokens=getattr(args, "max_batch_tokens", None),
+        chat_template_kwargs=parse_json_object(getattr(args, "chat_template_kwargs", None), "--chat-template-kwargs"))
     return options
+
+
+def parse_json_object(value: str | None, flag: str) -> dict | None:
+    if value is None:
+        return None
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise PmoptError(f"{flag}: not valid JSON ({exc.msg})") from None
+    if not isinstance(parsed, dict):
+        raise PmoptError(f"{flag}: expected a JSON object, got {type(parsed).__name__}")
+    return parsed
 
 
 def check_pm_source(pm: str) -> None:

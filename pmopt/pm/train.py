@@ -12,7 +12,8 @@ Read top to bottom:
    (safetensors) + tokenizer + `pmopt_pm.json` (written last: it marks the member as complete).
 
 Pairs are tokenized here with `pmopt.text.scored_text` + `pmopt.text.encode_scored`, the calls `PreferenceModel`
-scores with, so training and scoring see identical token sequences. TRL would silently drop pairs longer
+scores with, so training and scoring see identical token sequences (under a chat template, the ids TRL's
+own dataset preparation gives a conversational pair); `pmopt_pm.json` records that rendering. TRL would silently drop pairs longer
 than `max_length`; here they are an error naming the pair's file and line.
 
 Under `accelerate launch` every process runs this module; Trainer handles DDP, and only the main process
@@ -54,7 +55,7 @@ from pmopt.pm.model import (
     resolve_dtype,
 )
 from pmopt.policy import AttnImplementation
-from pmopt.text import encode_scored, scored_text
+from pmopt.text import encode_scored, rendering, scored_text
 
 # ============================================================================ 1. config
 
@@ -76,6 +77,8 @@ class DataSection:
     eval_fraction: float = 0.1  # share of `train` held out when `eval` is unset
     max_length: int = 512  # tokens of prompt + response + EOS; longer pairs are an error ...
     drop_overlong: bool = False  # ... unless this is true: then they are dropped, and the count printed
+    # passed to apply_chat_template when rendering pairs (e.g. {enable_thinking: false}); recorded in the PM
+    chat_template_kwargs: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -163,8 +166,9 @@ def train_pm(cfg: PMTrainConfig, out: str | Path, pairs: list[dict] | None = Non
     train_pairs, held_out = resolve_pairs(cfg, pairs, eval_pairs)
     check_model_source(cfg.model)
     tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)
-    train_ids = tokenize_pairs(train_pairs, tokenizer, cfg.data.max_length, "data.train", cfg.data.drop_overlong)
-    eval_ids = tokenize_pairs(held_out, tokenizer, cfg.data.max_length, "data.eval", cfg.data.drop_overlong)
+    kwargs = cfg.data.chat_template_kwargs
+    train_ids = tokenize_pairs(train_pairs, tokenizer, cfg.data.max_length, "data.train", cfg.data.drop_overlong, kwargs)
+    eval_ids = tokenize_pairs(held_out, tokenizer, cfg.data.max_length, "data.eval", cfg.data.drop_overlong, kwargs)
     if not train_ids["chosen_ids"]:
         raise PmoptError(f"data.train: no training pairs within data.max_length={cfg.data.max_length}")
     check_positions(cfg, train_ids, eval_ids)
@@ -250,8 +254,9 @@ def check_model_source(model: ModelSection) -> None:
 
 
 def tokenize_pairs(pairs: list[dict], tokenizer, max_length: int, what: str,
-                   drop_overlong: bool = False) -> dict[str, list]:
-    """The `chosen_ids` / `rejected_ids` columns TRL accepts as a processed dataset.
+                   drop_overlong: bool = False, chat_template_kwargs: dict | None = None) -> dict[str, list]:
+    """The `chosen_ids` / `rejected_ids` columns TRL accepts as a processed dataset (`pmopt.text`'s rule:
+    under a chat template, the ids TRL's RewardTrainer itself gives a conversational pair).
 
     A pair longer than `max_length` is an error naming its file and line (TRL would drop it silently),
     or, with `drop_overlong`, is dropped and counted out loud.
@@ -259,7 +264,8 @@ def tokenize_pairs(pairs: list[dict], tokenizer, max_length: int, what: str,
     columns: dict[str, list] = {"chosen_ids": [], "rejected_ids": []}
     dropped = 0
     for index, pair in enumerate(pairs):
-        ids = {side: encode_scored(tokenizer, scored_text(pair["prompt"], pair[side], tokenizer))
+        ids = {side: encode_scored(tokenizer, scored_text(pair["prompt"], pair[side], tokenizer,
+                                                          chat_template_kwargs=chat_template_kwargs))
                for side in ("chosen", "rejected")}
         side, longest = max(((s, len(v)) for s, v in ids.items()), key=lambda item: item[1])
         if longest > max_length:
@@ -407,6 +413,7 @@ def save_member(cfg: PMTrainConfig, trainer, tokenizer, member_dir: Path, k: int
         "eval_accuracy": accuracy, "n_train": len(trainer.train_dataset), "n_eval": len(eval_ids["chosen_ids"]),
         "seed": cfg.train.seed + k, "member": k, "global_step": step, "train_loss": training_loss,
         "lora": dataclasses.asdict(cfg.lora) if cfg.lora.enabled else None,
+        "rendering": rendering(tokenizer, cfg.data.chat_template_kwargs),
     })
     return accuracy
 

@@ -202,7 +202,8 @@ def train(cfg: PPOConfig, out: Path, reward_fn=None) -> Path:
         timer.lap("generation")
 
         # ------------------------------------------------------------ 4b. score: PM - beta * KL
-        batch = pack(encode_queries(tokenizer, [r["prompt"] for r in records]), [g.token_ids for g in gens],
+        batch = pack(encode_queries(tokenizer, [r["prompt"] for r in records], cfg.sampling.chat_template_kwargs),
+                     [g.token_ids for g in gens],
                      tokenizer.pad_token_id, accelerator.device)
         with torch.no_grad(), accelerator.autocast():
             old_logprobs, old_values, ref_logprobs = rollout_forward(core, ref_model, batch, sizes.micro,

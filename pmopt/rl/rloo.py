@@ -163,7 +163,9 @@ def run_rloo(cfg: PPOConfig, out: str | Path, reward_fn=None) -> Path:
     # TRL keeps its own reference when beta > 0 (or disables the adapters under LoRA); the probes need one too.
     reference = reference if (cfg.kl.beta == 0 and not cfg.policy.lora.enabled) else None
     probes = ProbeSchedule(cfg, tokenizer, reward_fn, rl_method="rloo")
-    dataset = Dataset.from_dict({"prompt": [render_prompt(r["prompt"], tokenizer) for r in records],
+    kwargs = cfg.sampling.chat_template_kwargs
+    dataset = Dataset.from_dict({"prompt": [render_prompt(r["prompt"], tokenizer, chat_template_kwargs=kwargs)
+                                            for r in records],
                                  "prompt_index": list(range(len(records)))})
     callback = CurvesCallback(cfg, out, probes, reference)
     trainer = RLOOTrainer(

@@ -220,9 +220,10 @@ def pack(queries: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], p
                  response_mask.to(device), width_q)
 
 
-def encode_queries(tokenizer, prompts: Sequence) -> list[list[int]]:
-    """The token ids the sampler conditions on: `encode(render_prompt(prompt))`."""
-    return [encode(tokenizer, render_prompt(p, tokenizer)) for p in prompts]
+def encode_queries(tokenizer, prompts: Sequence, chat_template_kwargs: dict | None = None) -> list[list[int]]:
+    """The token ids the sampler conditions on: `encode(render_prompt(prompt))`, with its template kwargs."""
+    return [encode(tokenizer, render_prompt(p, tokenizer, chat_template_kwargs=chat_template_kwargs))
+            for p in prompts]
 
 
 def response_slice(full: torch.Tensor, batch: Batch) -> torch.Tensor:
@@ -426,7 +427,8 @@ class ProbeSchedule:
         gens = sample(policy, self.tokenizer, [r["prompt"] for r in self.records], p.samples_per_prompt,
                       self.cfg.sampling, p.seed, keys=[r["id"] for r in self.records])
         flat = [(r, g) for r, row in zip(self.records, gens, strict=True) for g in row]
-        batch = pack(encode_queries(self.tokenizer, [r["prompt"] for r, _ in flat]),
+        batch = pack(encode_queries(self.tokenizer, [r["prompt"] for r, _ in flat],
+                                    self.cfg.sampling.chat_template_kwargs),
                      [g.token_ids or [self.tokenizer.eos_token_id] for _, g in flat], self.tokenizer.pad_token_id,
                      device)
         kl = sequence_kl(policy, ref_model, batch, self.cfg.sampling.temperature, self.cfg.reward.batch_size)
