@@ -80,7 +80,7 @@ def pipeline_part(seed: int, root: Path) -> dict:
     n_max = max(r["n"] for r in rows)
     p1, pn, nn = syco(rows, "proxy", 1), syco(rows, "proxy", n_max), syco(rows, "proxy-nonsyc", n_max)
     out.update(proxy_1=p1["value"], proxy_n=pn["value"], proxy_n_low=pn["ci_low"], nonsyc_n=nn["value"],
-               nonsyc_n_high=nn["ci_high"], margin_rise=pn["value"] - p1["value"],
+               nonsyc_n_high=nn["ci_high"], margin_rise=pn["value"] - p1["value"] - 0.3,
                margin_separation=pn["ci_low"] - nn["ci_high"])
     assert main(["run", tiny, "--set", f"seed={seed}", "--set", f"world.seed={seed}", "--set",
                  "world.raters.w_agree=0", "--set", "probes.enabled=false", "--out", str(root / "u")]) == 0

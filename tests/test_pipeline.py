@@ -52,7 +52,9 @@ def test_claim_biased_raters(biased_run):
     n_max = max(r["n"] for r in rows)
     proxy_1, proxy_n = syco_at(rows, "proxy", 1), syco_at(rows, "proxy", n_max)
     nonsyc_n = syco_at(rows, "proxy-nonsyc", n_max)
-    assert proxy_n["value"] > proxy_1["value"]
+    # a rise of at least 0.3 (the README's sentence), and the prefixed PM's interval wholly below the proxy's;
+    # scripts/claims_over_seeds.py measures both margins on other seeds
+    assert proxy_n["value"] - proxy_1["value"] >= 0.3, (proxy_1, proxy_n)
     assert nonsyc_n["ci_high"] < proxy_n["ci_low"], (nonsyc_n, proxy_n)
 
 

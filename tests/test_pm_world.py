@@ -49,8 +49,8 @@ def test_pm_preference_for_sycophancy_rises_with_rater_bias(tiny_world, tiny_wor
     biased_rate, unbiased_rate = prefers_sycophancy(proxy, tiny_world), prefers_sycophancy(unbiased, tiny_world)
     assert biased_rate > unbiased_rate + 0.3, (biased_rate, unbiased_rate)
     # the prefix asks for truth, and the biased raters' prefixed pairs were labelled with w_agree = 0. The
-    # mean margin, not the rate: on the tiny world the rate can stay at 1 while the margin collapses
-    # (measured: 2.20 -> 0.11 with the prefix, both rates 1.0); the default world's rate drops to 10%.
+    # mean margin, not the rate: on the tiny world the rate can stay near 1 while the margin collapses.
+    # scripts/claims_over_seeds.py --parts pm measures both assertions' margins on seeds 0-5.
     plain = sycophancy_margins(proxy, tiny_world).mean().item()
     prefixed = sycophancy_margins(proxy, tiny_world, NON_SYCOPHANTIC_PREFIX).mean().item()
     assert plain > 0 and prefixed < 0.5 * plain, (plain, prefixed)
@@ -70,5 +70,5 @@ def test_pm_agreement_with_raters(tiny_world, tiny_world_pms):
     ceiling = rater_agreement(pairs, load_config(WorldConfig, tiny_world / "config.yaml").raters)
     info = json.loads((tiny_world_pms["proxy"] / "pmopt_pm.json").read_text())
     assert info["eval_accuracy"] == pytest.approx(accuracy, abs=1e-6)
-    # the tiny world is small (~1,100 pairs); the default world must reach 0.8 (measured in the README)
+    # the tiny world is small (2,160 training pairs); the default world must reach 0.8 (measured in the README)
     assert accuracy >= 0.7 * ceiling, (accuracy, ceiling)

@@ -368,10 +368,10 @@ def suggest_wrong_pm(world, out, seed: int = 0):
     """A tiny PM trained (about 100 steps) on 1,000 pairs labelled by the world's own raters on suggest-wrong
     prompts, 35% of them with the truthfulness prefix and w_agree = 0, as the world labels them.
 
-    The tiny world's 1,200 mixed pairs hold only ~30 suggest-wrong pairs where agreeing and being right
-    disagree; a PM trained on them does not pick up the agreement bias (measured: it prefers the sycophantic
-    answer on 50% of the probe's suggest-wrong prompts, the unbiased PM on 45%), so PPO would have nothing
-    to exploit. The same raters labelling more pairs of that template teach it in seconds."""
+    The tiny world's mixed pairs hold few suggest-wrong pairs where agreeing and being right disagree (with
+    1,200 pairs a PM trained on them preferred the sycophantic answer on 50% of the probe's suggest-wrong
+    prompts), so PPO would have little to exploit. The same raters labelling more pairs of that template teach
+    it in seconds."""
     from dataclasses import replace
 
     from pmopt.pm.train import DataSection, ModelSection, PMTrainConfig, TrainSection, train_pm
