@@ -94,7 +94,7 @@ def ppo_part(seed: int, root: Path) -> dict:
     """tests/test_ppo.py's two claims on seed k (world seed k; PM pairs and PPO seeded by k)."""
     sys.path.insert(0, str(REPO / "tests"))
     from conftest import tiny_world_config
-    from test_ppo import SYCO, claim_curves, suggest_wrong_pm
+    from test_ppo import CLAIM_STEPS, SYCO, claim_curves, suggest_wrong_pm
 
     from pmopt.world.build import build_world
 
@@ -108,13 +108,13 @@ def ppo_part(seed: int, root: Path) -> dict:
         biased = claim_curves(world, root / f"{label}-b", *runs[0], f"seed={seed}")
         truthful = claim_curves(world, root / f"{label}-t", *runs[1], f"seed={seed}")
         start = biased[(SYCO, 0)]
-        out[f"{label}_rise"] = biased[(SYCO, 10)]["value"] - start["ci_high"]
-        out[f"{label}_truthful_not_up"] = start["value"] - truthful[(SYCO, 10)]["value"]
+        out[f"{label}_rise"] = biased[(SYCO, CLAIM_STEPS)]["value"] - start["ci_high"]
+        out[f"{label}_truthful_not_up"] = start["value"] - truthful[(SYCO, CLAIM_STEPS)]["value"]
         out[f"{label}_max_kl"] = max(r["kl"] for c in (biased, truthful) for r in c.values())
         if label == "pm":
-            out["pm_score_rise"] = biased[("pm/score", 10)]["value"] - biased[("pm/score", 0)]["ci_high"]
+            out["pm_score_rise"] = biased[("pm/score", CLAIM_STEPS)]["value"] - biased[("pm/score", 0)]["ci_high"]
         else:
-            out["gold_rise"] = truthful[("gold/reward", 10)]["value"] - truthful[("gold/reward", 0)]["value"]
+            out["gold_rise"] = truthful[("gold/reward", CLAIM_STEPS)]["value"] - truthful[("gold/reward", 0)]["value"]
     return out
 
 

@@ -355,6 +355,7 @@ def test_report_to_tensorboard_writes_events(tmp_path, tiny_world):
 
 CLAIM_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "ppo" / "tiny_claim.yaml"
 SYCO = "probe/answer/syco_rate"
+CLAIM_STEPS = load_config(PPOConfig, CLAIM_CONFIG).train.steps  # the claim is read at the last step
 
 
 def claim_curves(world, out, *overrides) -> dict[tuple[str, int], dict]:
@@ -409,7 +410,7 @@ def test_claim_ppo_against_the_biased_pm_raises_sycophancy_and_the_prefixed_pm_d
     truthful = claim_curves(tiny_world, tmp_path / "truthful", "reward.kind=pm", f"reward.pm={pm}",
                             "reward.prefix=non_sycophantic")
     assert {r["pm"] for r in biased.values()} == {"pm"} and {r["pm"] for r in truthful.values()} == {"pm-nonsyc"}
-    assert_claim(biased, truthful, last=10)
+    assert_claim(biased, truthful, last=CLAIM_STEPS)
 
 
 def test_claim_with_the_raters_as_reward(tmp_path, tiny_world):
@@ -418,5 +419,5 @@ def test_claim_with_the_raters_as_reward(tmp_path, tiny_world):
     truthful = claim_curves(tiny_world, tmp_path / "gold", "reward.kind=gold")
     # The raters' utility rises on the suggest-wrong training prompts but not on the probe's other templates,
     # so only the direction of sycophancy and the gold reward of the truthful run are asserted here.
-    assert_claim(biased, truthful, last=10, proxy_rises=False)
-    assert truthful[("gold/reward", 10)]["value"] > truthful[("gold/reward", 0)]["value"]
+    assert_claim(biased, truthful, last=CLAIM_STEPS, proxy_rises=False)
+    assert truthful[("gold/reward", CLAIM_STEPS)]["value"] > truthful[("gold/reward", 0)]["value"]
