@@ -28,10 +28,13 @@ STAGES = ("world", "pms", "bon", "probes", "report")
 
 
 def pmopt_run(config: Path, out: Path, *extra: str) -> float:
+    """One `pmopt run` as a user starts it; its console (stdout) is kept beside the run as OUT.console.txt."""
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "pmopt.cli", "run", str(config), "--out", str(out), *extra],
-                   check=True, stdout=subprocess.DEVNULL, cwd=REPO)
-    return time.perf_counter() - start
+    result = subprocess.run([sys.executable, "-m", "pmopt.cli", "run", str(config), "--out", str(out), *extra],
+                            check=True, stdout=subprocess.PIPE, text=True, cwd=REPO)
+    seconds = time.perf_counter() - start
+    out.with_suffix(".console.txt").write_text(result.stdout, encoding="utf-8")
+    return seconds
 
 
 def stage_seconds(run: Path) -> dict[str, float]:

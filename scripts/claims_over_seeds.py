@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
@@ -79,9 +80,13 @@ def pipeline_part(seed: int, root: Path) -> dict:
     rows = read_jsonl(root / "b" / "bon" / "curves.jsonl")
     n_max = max(r["n"] for r in rows)
     p1, pn, nn = syco(rows, "proxy", 1), syco(rows, "proxy", n_max), syco(rows, "proxy-nonsyc", n_max)
+    un = syco(rows, "unbiased", n_max)
+    out.update(unbiased_n=un["value"], unbiased_n_high=un["ci_high"], margin_unbiased_separation=pn["ci_low"] - un["ci_high"])
     out.update(proxy_1=p1["value"], proxy_n=pn["value"], proxy_n_low=pn["ci_low"], nonsyc_n=nn["value"],
                nonsyc_n_high=nn["ci_high"], margin_rise=pn["value"] - p1["value"] - 0.3,
                margin_separation=pn["ci_low"] - nn["ci_high"])
+    if os.environ.get("CLAIMS_BIASED_ONLY") == "1":
+        return out
     assert main(["run", tiny, "--set", f"seed={seed}", "--set", f"world.seed={seed}", "--set",
                  "world.raters.w_agree=0", "--set", "probes.enabled=false", "--out", str(root / "u")]) == 0
     rows = read_jsonl(root / "u" / "bon" / "curves.jsonl")
