@@ -1,4 +1,4 @@
-"""The `pmopt` command line: parse, load the config, call one function (DESIGN §3).
+"""The `pmopt` command line: parse, load the config, call one function (docs/ARCHITECTURE.md §3).
 
 Each command is `module:function(args) -> Path` where `args` carries `config` (YAML path or None),
 `overrides` (the `--set` list), `out` (or None) and the command's own flags. Errors caused by the

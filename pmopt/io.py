@@ -1,4 +1,4 @@
-"""Run directories, validated JSONL, atomic writes and manifests (DESIGN §9).
+"""Run directories, validated JSONL, atomic writes and manifests (docs/ARCHITECTURE.md §9).
 
 Every file pmopt writes goes through `atomic_write_*`: the bytes land in a temporary file in the same
 directory, are fsynced, then renamed over the target, so a killed process never leaves a half-written

@@ -1,4 +1,4 @@
-"""`pmopt run CONFIG --out RUN`: the main job (DESIGN §1, §9).
+"""`pmopt run CONFIG --out RUN`: the main job (docs/ARCHITECTURE.md §1, §9).
 
 world → PMs (proxy, unbiased, ensemble) → best-of-N sweep → probes on the base policy → [PPO] → report.
 

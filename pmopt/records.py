@@ -1,4 +1,4 @@
-"""The record schemas of DESIGN §4, as validators for `pmopt.io.read_jsonl`.
+"""The record schemas of docs/ARCHITECTURE.md §4, as validators for `pmopt.io.read_jsonl`.
 
 A validator takes `(record, error)` and raises `error(field, message)`; `read_jsonl` turns that into
 a `RecordError` naming file, line and field. Text fields are either a non-empty string or a
@@ -70,7 +70,7 @@ def validate_scoring_input(record: dict, error) -> None:
 
 def validate_sample(record: dict, error) -> None:
     require_fields(record, error, {"prompt_id": str, "sample_idx": int, "response": str, "n_tokens": int})
-    logprob = record.get("logprob")  # optional (DESIGN §4); when given, a log-probability
+    logprob = record.get("logprob")  # optional (docs/ARCHITECTURE.md §4); when given, a log-probability
     if logprob is not None and (isinstance(logprob, bool) or not isinstance(logprob, (int, float))
                                 or not math.isfinite(logprob) or logprob > 0):
         raise error("logprob", f"expected a finite number <= 0, got {logprob!r}")

@@ -7,7 +7,7 @@ What a policy continues (`render_prompt`):
 
 - A string prompt is used verbatim (e.g. an HH-RLHF dialogue ending in "\n\nAssistant:").
 - Messages are rendered with the tokenizer's chat template (`add_generation_prompt=True`) when it has
-  one, else with the plain template `User: …\nAssistant:` (DESIGN §4). A final assistant message is a
+  one, else with the plain template `User: …\nAssistant:` (docs/ARCHITECTURE.md §4). A final assistant message is a
   prefill: the response continues it. `chat_template_kwargs` reach `apply_chat_template`.
 
 What a PM reads (`scored_text`, the same rule in training and scoring):
@@ -137,7 +137,7 @@ def scored_conversation(prompt: Text, response: str, prefix: Messages | None = N
 
 def scored_text(prompt: Text, response: str, tokenizer=None, prefix: Messages | None = None,
                 template: PlainTemplate = PLAIN, chat_template_kwargs: dict | None = None) -> str:
-    """What a PM reads (the module docstring's rule). `prefix` messages are prepended (DESIGN §5)."""
+    """What a PM reads (the module docstring's rule). `prefix` messages are prepended (docs/ARCHITECTURE.md §5)."""
     if has_chat_template(tokenizer):
         conversation = scored_conversation(prompt, response, prefix)
         if conversation is not None:

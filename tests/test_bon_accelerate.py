@@ -1,4 +1,4 @@
-"""`pmopt bon` under `accelerate launch` with two CPU processes == one process (DESIGN §6, §10).
+"""`pmopt bon` under `accelerate launch` with two CPU processes == one process (docs/ARCHITECTURE.md §6, §10).
 
 Two launch lines are run against a plain one-process run:
 

@@ -1,4 +1,4 @@
-"""The best-of-N sweep end to end on the tiny world with tiny trained PMs (DESIGN §6, §9).
+"""The best-of-N sweep end to end on the tiny world with tiny trained PMs (docs/ARCHITECTURE.md §6, §9).
 
 Checked against brute force (every n-subset of every prompt's samples, graded afresh), and for the
 properties a user relies on: one sampling pass (adding a PM generates nothing), ensemble members

@@ -1,4 +1,4 @@
-"""`pmopt train-pm` under `accelerate launch` (DESIGN §10): subprocesses, tiny model and pairs in tmp files.
+"""`pmopt train-pm` under `accelerate launch` (docs/ARCHITECTURE.md §10): subprocesses, tiny model and pairs in tmp files.
 
 Note on the launcher: `accelerate launch --cpu --num_processes 2` starts ONE process unless MPI is set
 up (`--mpirun_hostfile`); accelerate's simple launcher ignores --num_processes there. Two real CPU

@@ -2,7 +2,7 @@
 
 Layout checks compare batched recomputation with one-sequence-at-a-time brute force; loop tests run a
 few real PPO iterations against the world's gold reward (no PM needed) and check what they write;
-resume and NaN tests check the fault behaviour of DESIGN §9.
+resume and NaN tests check the fault behaviour of docs/ARCHITECTURE.md §9.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`pmopt ppo` under `accelerate launch` (DESIGN §10): two CPU processes share each step's prompts.
+"""`pmopt ppo` under `accelerate launch` (docs/ARCHITECTURE.md §10): two CPU processes share each step's prompts.
 
 As in tests/test_bon_accelerate.py, two launch lines run: the documented `accelerate launch --cpu
 --num_processes 2` (with accelerate 1.x on CPUs this starts one process unless MPI is set up,

@@ -1,4 +1,4 @@
-"""pmopt.bon: best-of-N from one sampling pass (DESIGN §6).
+"""pmopt.bon: best-of-N from one sampling pass (docs/ARCHITECTURE.md §6).
 
 - `estimator`: the unbiased E[f(BoN_n)] estimator, bootstrap CIs, the KL bound and exact KL (pure numpy);
 - `sweep`: `run_bon(cfg, out)`, the Python form of `pmopt bon CONFIG --out DIR`, with `BonConfig` /

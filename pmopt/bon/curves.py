@@ -1,4 +1,4 @@
-"""Best-of-n curves from one sampling pass: DESIGN §4 curve rows (method "bon") for every PM and n.
+"""Best-of-n curves from one sampling pass: docs/ARCHITECTURE.md §4 curve rows (method "bon") for every PM and n.
 
 For a PM with scores s (P, N) and a per-sample outcome f (from the grades), the per-prompt expectation
 E[f(BoN_n)] is the estimator of `pmopt.bon.estimator` (sort by score, binomial weights). A probe's
@@ -11,7 +11,7 @@ Besides the probe metrics, every PM gets
 - `pm/score`: the expected score, under that PM, of the sample best-of-n selects (all prompts);
 - `gold/reward`: on world prompts, the expected gold reward of that selection (Gao et al. 2022).
 - `kl/support`: KL(BoN_n || base) computed exactly on each prompt's sampled outputs, whose base
-  probabilities the sampler recorded (`estimator.support_bon_kl`, DESIGN §6 "where the world makes it
+  probabilities the sampler recorded (`estimator.support_bon_kl`, docs/ARCHITECTURE.md §6 "where the world makes it
   exact"), averaged over prompts; the share of base mass the samples cover is in the manifest.
 Every row's `kl` is the bound log n - (n-1)/n (Beirami et al. 2024), labelled `kl_kind: "bound"`.
 """

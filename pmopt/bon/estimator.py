@@ -1,4 +1,4 @@
-"""Best-of-n without resampling: the unbiased estimator, bootstrap CIs and KL (DESIGN §6).
+"""Best-of-n without resampling: the unbiased estimator, bootstrap CIs and KL (docs/ARCHITECTURE.md §6).
 
 Sample N responses per prompt once; for every n <= N the expected outcome of best-of-n (the sample with
 the highest PM score among n drawn uniformly without replacement from the N) is a weighted sum over the
@@ -155,7 +155,7 @@ def bootstrap_means(per_prompt: np.ndarray, n_boot: int, seed: int) -> np.ndarra
     """(n_boot, G) means of prompt resamples (with replacement), the same resamples for every n.
 
     The means are plain numpy reductions over gathered values, not BLAS products, so the result is
-    bitwise identical whatever the thread count or chunk size (DESIGN §9: same seed, same curves).
+    bitwise identical whatever the thread count or chunk size (docs/ARCHITECTURE.md §9: same seed, same curves).
     """
     rng = np.random.default_rng(seed)
     G, P = per_prompt.shape

@@ -1,4 +1,4 @@
-"""Grading every sample of a sweep once with its probe -> `grades.jsonl` (DESIGN §4 grade rows).
+"""Grading every sample of a sweep once with its probe -> `grades.jsonl` (docs/ARCHITECTURE.md §4 grade rows).
 
 Grades do not depend on any PM, so they are computed once and reused by every PM's curves. The file
 is recomputed only when the samples or a probe's version change (`grades.json` records both).

@@ -1,4 +1,4 @@
-"""Scoring every sample of a sweep with every PM, cached in `scores/<pm>.jsonl` (DESIGN §4 score rows).
+"""Scoring every sample of a sweep with every PM, cached in `scores/<pm>.jsonl` (docs/ARCHITECTURE.md §4 score rows).
 
 A PM whose score file exists is not rescored: adding a PM to a finished sweep costs only its own
 scoring. `scores/<pm>.json`, written before the score file, records what the scores depend on (kind,

@@ -1,7 +1,7 @@
 """The sweep's one sampling pass, in shards: resumable and splittable across processes.
 
 Prompts are cut, in sweep order, into shards of `shard_size` prompts; shard k is written whole to
-`samples/shard-0000k.jsonl` (atomically), one DESIGN §4 sample row per line:
+`samples/shard-0000k.jsonl` (atomically), one docs/ARCHITECTURE.md §4 sample row per line:
 {prompt_id, sample_idx, response, logprob, n_tokens, finished}. A shard file that exists is complete,
 so a sweep resumes at the first missing shard. Under `accelerate launch` the missing shards are dealt
 round-robin to the processes. A shard is always sampled as one `pmopt.sampling.sample` call on the

@@ -1,4 +1,4 @@
-"""`pmopt bon CONFIG --out DIR`: the best-of-N sweep (DESIGN §6), read top to bottom.
+"""`pmopt bon CONFIG --out DIR`: the best-of-N sweep (docs/ARCHITECTURE.md §6), read top to bottom.
 
 One sampling pass feeds every n and every PM (Nakano et al. 2021 App. G; Gao et al. 2022 §2.2):
 
@@ -13,7 +13,7 @@ One sampling pass feeds every n and every PM (Nakano et al. 2021 App. G; Gao et 
             rescored, so adding a PM to a finished sweep scores only it and generates nothing;
 5. curves   for every PM and n in the grid: the probes' metrics of the per-prompt expectations
             E[f(BoN_n)], `pm/score`, `gold/reward` (on the world) and the KL bound, with bootstrap CIs
-            over prompts -> `curves.jsonl` and `curves.csv` (DESIGN §4 curve rows, method "bon").
+            over prompts -> `curves.jsonl` and `curves.csv` (docs/ARCHITECTURE.md §4 curve rows, method "bon").
 
 Steps 3-5 run on the main process only. Probes whose responses are not plain samples of their prompts
 (`probe.samples_directly` is False: are_you_sure's second turn, TruthfulQA MC1's option log-likelihoods)

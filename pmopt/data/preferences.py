@@ -1,4 +1,4 @@
-"""Preference pairs from real formats, as the records of DESIGN §4.
+"""Preference pairs from real formats, as the records of docs/ARCHITECTURE.md §4.
 
 `load_pairs(source)` returns `{"prompt", "chosen", "rejected", "meta", "source"}` dicts from:
 

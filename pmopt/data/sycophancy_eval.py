@@ -2,7 +2,7 @@
 
 Each line is `{"prompt": [{"type": "human"|"ai", "content"}], "base": {...}, "metadata": {...}}`
 (shared/data/README.md); an `ai` turn at the end is an assistant prefill. Files end without a
-newline. Every row becomes a DESIGN §4 prompt record `{id, probe, prompt: messages, meta}` whose
+newline. Every row becomes a docs/ARCHITECTURE.md §4 prompt record `{id, probe, prompt: messages, meta}` whose
 `meta` carries what the probe's grader needs; a malformed row is a `RecordError` naming the line and
 the field (e.g. `base.incorrect_answer`).
 """

@@ -54,7 +54,7 @@ from pmopt.text import (
 )
 from pmopt.world.raters import TRUTHFUL_PREFIX
 
-# The world generator imports this: keep it the single definition of the prefix (DESIGN §5 (a)).
+# The world generator imports this: keep it the single definition of the prefix (docs/ARCHITECTURE.md §5 (a)).
 # One definition of the prefix: the world's raters label prefixed pairs with it, PMs are scored with it.
 NON_SYCOPHANTIC_PREFIX: Messages = TRUTHFUL_PREFIX
 

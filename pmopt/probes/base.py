@@ -1,8 +1,8 @@
-"""What a probe is (DESIGN §8): prompt records + how to prompt the policy + a pure scorer + metrics.
+"""What a probe is (docs/ARCHITECTURE.md §8): prompt records + how to prompt the policy + a pure scorer + metrics.
 
 In the style of lm-evaluation-harness and inspect_ai, a probe is data plus pure functions:
 
-- `load(source)` returns DESIGN §4 prompt records `{id, probe, prompt, meta}` from a world directory
+- `load(source)` returns docs/ARCHITECTURE.md §4 prompt records `{id, probe, prompt, meta}` from a world directory
   (`DIR/probes/<name>.jsonl`) or a real file (SycophancyEval JSONL, TruthfulQA CSV/JSON, or pmopt
   prompt records), validated before any model work, errors naming file, line and field;
 - `respond(...)` gets the policy's responses (one sampling call batched across prompts; the

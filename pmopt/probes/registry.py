@@ -1,4 +1,4 @@
-"""The probe registry: the only registry in pmopt (DESIGN §2). Probes are looked up by name."""
+"""The probe registry: the only registry in pmopt (docs/ARCHITECTURE.md §2). Probes are looked up by name."""
 
 from __future__ import annotations
 

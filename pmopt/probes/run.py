@@ -7,7 +7,7 @@
 3. grade: every sample with its probe's pure grader (a batched LM judge where one is needed).
 4. metrics: per prompt, the mean outcome over its samples (the expectation under the policy); the
    probe's metrics of those, with 95% bootstrap intervals over prompt clusters.
-Writes OUT/grades.jsonl (DESIGN §4 grade rows + response), OUT/metrics.json, config.yaml, manifest.json.
+Writes OUT/grades.jsonl (docs/ARCHITECTURE.md §4 grade rows + response), OUT/metrics.json, config.yaml, manifest.json.
 
 `run_probes(model, tokenizer, probe_names, sources, cfg)` is the same evaluation as a function
 (best-of-N and PPO call it on their own policies).
@@ -173,7 +173,7 @@ def grade_samples(probe: Probe, records: Sequence[dict], samples: Sequence[Seque
 
 
 def grade_rows(probe: Probe, records: Sequence[dict], samples, outcomes, contexts) -> list[dict]:
-    """DESIGN §4 grade rows, with the response and the grading context (second turn, baseline, …)."""
+    """docs/ARCHITECTURE.md §4 grade rows, with the response and the grading context (second turn, baseline, …)."""
     rows = []
     for record, row, graded, ctx_row in zip(records, samples, outcomes, contexts, strict=True):
         for j, (s, o, ctx) in enumerate(zip(row, graded, ctx_row, strict=True)):

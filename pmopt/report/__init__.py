@@ -1,4 +1,4 @@
-"""pmopt.report: a run's curves to PNG plots, a summary CSV and one self-contained HTML page (DESIGN §3).
+"""pmopt.report: a run's curves to PNG plots, a summary CSV and one self-contained HTML page (docs/ARCHITECTURE.md §3).
 
 `build_report(run_dir, out_dir=None)` is the Python form of `pmopt report RUN_DIR`.
 """

@@ -1,6 +1,6 @@
 """`pmopt report RUN_DIR`: a run's curves to plots, a summary CSV and one HTML page whose first screen is the answer.
 
-Reads (DESIGN §4, §9):
+Reads (docs/ARCHITECTURE.md §4, §9):
     RUN/bon/curves.jsonl, RUN/ppo/curves.jsonl   curve rows (at least one file must exist); or
     RUN/curves.jsonl                             when RUN is one stage's output (`pmopt bon --out RUN`)
     RUN/claims.json                              optional: the claim, per-seed verdicts, the sentence

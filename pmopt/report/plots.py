@@ -1,4 +1,4 @@
-"""Curve rows (DESIGN §4) to PNG plots: a metric against n (best-of-N) and against KL (BoN and PPO).
+"""Curve rows (docs/ARCHITECTURE.md §4) to PNG plots: a metric against n (best-of-N) and against KL (BoN and PPO).
 
 Figures are built with the object-oriented matplotlib API on an Agg canvas (no pyplot, no global state,
 no display needed), rendered into memory and written atomically, so a killed report never leaves a

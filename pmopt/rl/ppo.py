@@ -1,4 +1,4 @@
-"""`pmopt ppo CONFIG --out DIR`: PPO against a preference model with a KL leash to the reference (DESIGN §7).
+"""`pmopt ppo CONFIG --out DIR`: PPO against a preference model with a KL leash to the reference (docs/ARCHITECTURE.md §7).
 
 Read top to bottom (cleanrl style); the math lives in `ppo_math.py`, batches and probes in `rollout.py`:
 

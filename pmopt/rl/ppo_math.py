@@ -1,4 +1,4 @@
-"""PPO math for RLHF as small pure torch functions (DESIGN §7), each tested against a reference loop.
+"""PPO math for RLHF as small pure torch functions (docs/ARCHITECTURE.md §7), each tested against a reference loop.
 
 Shapes: per-token tensors are (batch, response_len); `mask` (float or bool, same shape) is 1 on real
 response tokens and 0 on padding. Responses are right-padded, so a row's episode ends at its last real

@@ -156,7 +156,7 @@ def world_raters(world: str | Path):
 
 
 def build_reward(cfg: PPOConfig, device):
-    """The reward the policy is optimised against (DESIGN §7): a PM / ensemble, or the world's gold."""
+    """The reward the policy is optimised against (docs/ARCHITECTURE.md §7): a PM / ensemble, or the world's gold."""
     r = cfg.reward
     if r.kind in ("gold", "raters"):
         raters = world_raters(r.world or cfg.prompts.world)

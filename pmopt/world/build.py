@@ -1,4 +1,4 @@
-"""`pmopt world CONFIG --out DIR`: build the synthetic world (DESIGN §5).
+"""`pmopt world CONFIG --out DIR`: build the synthetic world (docs/ARCHITECTURE.md §5).
 
 Writes, all atomically, into DIR:
   tokenizer/               word-level tokenizer (AutoTokenizer.from_pretrained)

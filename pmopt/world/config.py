@@ -1,4 +1,4 @@
-"""The synthetic world's typed config (DESIGN §5). Every knob of the world lives here."""
+"""The synthetic world's typed config (docs/ARCHITECTURE.md §5). Every knob of the world lives here."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The world's probe prompt sets (DESIGN §4 prompt records), one JSONL file per probe."""
+"""The world's probe prompt sets (docs/ARCHITECTURE.md §4 prompt records), one JSONL file per probe."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Simulated raters and the preference pairs they label (DESIGN §5).
+"""Simulated raters and the preference pairs they label (docs/ARCHITECTURE.md §5).
 
 A rater's utility for a response is u = w_truth·correct + w_agree·agrees_with_user + w_style·confident
 + N(0, noise_std), and a pair is labelled A ≻ B with probability σ((u(A) − u(B)) / τ) — a Bradley–Terry
@@ -80,7 +80,7 @@ def make_pairs(rng: random.Random, facts: list[Fact], max_number: int, raters: R
 
 def rater_agreement(pairs: list[dict], raters: RatersConfig) -> float:
     """Share of pairs whose label agrees with the raters' own noise-free utility (ties count 1/2):
-    the ceiling a PM is measured against (DESIGN §5; issue 2 asks for >= 0.8 of it)."""
+    the ceiling a PM is measured against (docs/ARCHITECTURE.md §5; issue 2 asks for >= 0.8 of it)."""
     unbiased = replace(raters, w_agree=0.0)
     total = 0.0
     for pair in pairs:

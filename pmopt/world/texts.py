@@ -1,7 +1,7 @@
 """The world's sentences: prompt templates per probe and the menu of response kinds.
 
 All text is lowercase words and punctuation separated by single spaces, so a word-level tokenizer
-round-trips it exactly. Facts are small additions "a plus b" with known answers (DESIGN §5). The
+round-trips it exactly. Facts are small additions "a plus b" with known answers (docs/ARCHITECTURE.md §5). The
 prompt templates mirror SycophancyEval (Sharma et al. 2023 §3): the plain question, the user doubting
 the right answer, suggesting a wrong one, suggesting the right one; a second-turn "are you sure?"
 challenge; feedback framings; and a false premise for mimicry.
