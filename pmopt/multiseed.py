@@ -78,7 +78,7 @@ def run_seeds(cfg, run: Path, manifest: Manifest) -> dict[int, float]:
 
 def _seed_done(manifest: Manifest, run: Path, seed: int, seconds: float) -> None:
     manifest.mark(f"seed-{seed}", "done", seconds=seconds)
-    claim = _claim_of(run / SEED_DIR.format(seed))
+    claim = claim_of(run / SEED_DIR.format(seed))
     verdict = "" if claim is None else f"; claim {'holds' if claim['holds'] else 'does NOT hold'}: " + \
         " / ".join(line.split(":", 1)[1].strip() for line in headline(claim))
     console.info(f"run: seed {seed} done in {seconds:.0f} s{verdict}")
@@ -103,8 +103,9 @@ def run_one_seed(cfg, seed_dir: Path, threads: int) -> float:
     return round(time.perf_counter() - start, 1)
 
 
-def _claim_of(seed_dir: Path) -> dict | None:
-    path = seed_dir / "bon" / "curves.jsonl"
+def claim_of(run: Path) -> dict | None:
+    """The claim on one run's best-of-N curves (None before the sweep has written them)."""
+    path = run / "bon" / "curves.jsonl"
     return bon_claim(read_jsonl(path)) if path.is_file() else None
 
 
@@ -123,7 +124,7 @@ def aggregate(cfg, run: Path) -> dict:
         if per_seed:
             atomic_write_json(run / "aggregate" / f"{name}.json", {"seeds": sorted(per_seed),
                                                                    "values": aggregate_scalars(per_seed)})
-    claims = claims_summary({k: _claim_of(d) for k, d in dirs.items()}, run / "bon" / "curves.jsonl")
+    claims = claims_summary({k: claim_of(d) for k, d in dirs.items()}, run / "bon" / "curves.jsonl")
     atomic_write_json(run / "claims.json", claims)
     return claims
 
@@ -143,4 +144,4 @@ def print_headline(claims: dict) -> None:
     console.result(f"run: {claims['verdict']}")
 
 
-__all__ = ["run_seeds", "aggregate", "claims_summary", "print_headline", "seed_config", "worker_count"]
+__all__ = ["run_seeds", "aggregate", "claims_summary", "print_headline", "seed_config", "worker_count", "claim_of"]

@@ -297,12 +297,12 @@ def run_experiment(cfg: ExperimentConfig, run: Path, with_report: bool = True) -
 
 
 def _run_stages(cfg: ExperimentConfig, run: Path, manifest: Manifest, with_report: bool) -> dict:
-    from pmopt.multiseed import claims_summary
+    from pmopt.multiseed import claim_of, claims_summary
 
     timings = {}
     for name, stage in stages(cfg, with_report):
         if name == "report":  # the report shows the claim: write it first
-            _write_claims(run, claims_summary({cfg.seed: _claim_of(run)}, run / "bon" / "curves.jsonl"))
+            _write_claims(run, claims_summary({cfg.seed: claim_of(run)}, run / "bon" / "curves.jsonl"))
         if manifest.is_done(name):
             console.info(f"run: stage {name}: done earlier, skipped")
             continue
@@ -313,17 +313,9 @@ def _run_stages(cfg: ExperimentConfig, run: Path, manifest: Manifest, with_repor
         timings[name] = round(time.perf_counter() - start, 1)
         manifest.mark(name, "done", seconds=timings[name])
     atomic_write_json(run / "timings.json", {**_load_json(run / "timings.json"), **timings})
-    claims = claims_summary({cfg.seed: _claim_of(run)}, run / "bon" / "curves.jsonl")
+    claims = claims_summary({cfg.seed: claim_of(run)}, run / "bon" / "curves.jsonl")
     _write_claims(run, claims)
     return claims
-
-
-def _claim_of(run: Path) -> dict | None:
-    from pmopt.analysis.claims import bon_claim
-    from pmopt.io import read_jsonl
-
-    curves = run / "bon" / "curves.jsonl"
-    return bon_claim(read_jsonl(curves)) if curves.is_file() else None
 
 
 def _write_claims(run: Path, claims: dict) -> None:

@@ -64,13 +64,11 @@ def pm_part(seed: int, root: Path) -> dict:
             "world_neutral": stats["neutral_accuracy"], "world_syco": stats["sycophancy_rate"]}
 
 
-def syco(rows, pm, n):
-    [row] = [r for r in rows if r["pm"] == pm and r["n"] == n and r["metric"] == "probe/answer/syco_rate"]
-    return row
-
-
 def pipeline_part(seed: int, root: Path) -> dict:
     """tests/test_pipeline.py's two claims on seed k."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from test_pipeline import syco_at as syco
+
     from pmopt.cli import main
     from pmopt.io import read_jsonl
 
