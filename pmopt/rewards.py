@@ -1,0 +1,162 @@
+"""One reward abstraction for best-of-N and RL alike (docs/ARCHITECTURE.md §6, §7).
+
+A `RewardSpec` says what scores a (prompt, response): its `kind`, the `path` it reads, an optional
+`prefix`, and for ensembles the `aggregate` and its `lam`. `build_reward(spec, options)` returns a
+`Reward`, a callable `(prompts, responses, metas) -> (B,) tensor`. Kinds:
+
+- pm        `PreferenceModel.load(path).score(prompts, responses)` (a full, LoRA or ensemble dir, or a hub id);
+- prefixed  the same PM scoring the dialogue behind a prefix (Sharma et al. 2023 §4.2's non-sycophantic PM);
+- ensemble  an ensemble dir aggregated by mean, worst or uncertainty-weighted mean (Coste et al. 2023);
+- gold, raters, ...: a reward without a model that a data source supplies at `path` (the synthetic
+  world's gold reward, Gao et al. 2022; see `pmopt.sources`). Scores of another source's records are NaN.
+
+A new kind is one function `builder(spec, options) -> Reward` passed to `register_kind`.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from pmopt import sources
+from pmopt.io import PmoptError
+from pmopt.prefixes import PREFIXES, named_prefix
+from pmopt.records import check_text
+
+PM_KINDS = ("pm", "prefixed", "ensemble")
+AGGREGATES = ("mean", "worst", "uwo")
+
+
+@dataclass
+class RewardSpec:
+    """What scores a response; `name` labels its curves and its score file."""
+
+    name: str
+    kind: str = "pm"  # pm | prefixed | ensemble, or a source's reward (gold, raters)
+    path: str | None = None  # PM dir or hub id; for a source's reward, the source dir (a world)
+    prefix: str | list[dict] | None = None  # a named prefix ("non_sycophantic") or messages
+    aggregate: str | None = None  # ensemble: mean | worst | uwo; default: what ensemble.json records
+    lam: float | None = None  # uwo: mean - lam * variance; default: ensemble.json's uwo_lambda
+    batch_size: int = 32  # sequences per PM forward pass
+
+    def resolved_prefix(self) -> list[dict] | None:
+        """The prefix as messages: kind prefixed defaults to the non-sycophantic one."""
+        prefix = self.prefix
+        if prefix is None or prefix == "none":
+            return named_prefix("non_sycophantic") if self.kind == "prefixed" else None
+        if isinstance(prefix, str):
+            if prefix not in PREFIXES:
+                raise PmoptError(f"{self.name}: prefix {prefix!r}: expected one of {sorted(PREFIXES)} or a "
+                                 "list of {role, content} messages")
+            return named_prefix(prefix)
+
+        def error(field, message):
+            return PmoptError(f"{self.name}: {field}: {message}")
+
+        check_text(prefix, "prefix", error)
+        return prefix
+
+
+class Reward:
+    """A scorer of (prompt, response) pairs; `extra` holds per-call diagnostics (e.g. ensemble spread)."""
+
+    name: str = ""
+    extra: dict[str, float]
+
+    def __call__(self, prompts: Sequence, responses: Sequence[str], metas: Sequence[dict]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def members(self, prompts: Sequence, responses: Sequence[str], metas: Sequence[dict]) -> torch.Tensor:
+        """(K, B) scores of an ensemble's members; (1, B) for any other reward."""
+        return self(prompts, responses, metas).unsqueeze(0)
+
+    def close(self) -> None:
+        """Release the model (one PM resident at a time)."""
+
+
+class PMReward(Reward):
+    """A PreferenceModel (or ensemble) score, optionally behind a prefix."""
+
+    def __init__(self, pm, prefix: list[dict] | None, batch_size: int, name: str):
+        self.pm, self.prefix, self.batch_size, self.name = pm, prefix, batch_size, name
+        self.extra = {}
+
+    def __call__(self, prompts, responses, metas=()) -> torch.Tensor:
+        scores = self.pm.score(list(prompts), list(responses), prefix=self.prefix, batch_size=self.batch_size)
+        members = getattr(self.pm, "member_scores", None)
+        self.extra = {} if members is None else {"reward/ensemble_std": float(members.std(0).mean())}
+        return scores
+
+    def members(self, prompts, responses, metas=()) -> torch.Tensor:
+        score_members = getattr(self.pm, "score_members", None)
+        if score_members is None:
+            return super().members(prompts, responses, metas)
+        return score_members(list(prompts), list(responses), prefix=self.prefix, batch_size=self.batch_size)
+
+    @property
+    def n_truncated(self) -> int:
+        return getattr(self.pm, "n_truncated", 0)
+
+    def close(self) -> None:
+        self.pm = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+class SourceReward(Reward):
+    """A reward a data source computes exactly from its records' metadata (no model)."""
+
+    def __init__(self, fn: Callable[[Sequence[dict], Sequence[str]], list[float]], name: str):
+        self.fn, self.name, self.extra = fn, name, {}
+
+    def __call__(self, prompts, responses, metas) -> torch.Tensor:
+        # float64: gold rewards are exact small sums, kept exact for the curves
+        return torch.from_numpy(np.asarray(self.fn(list(metas), list(responses)), dtype=np.float64))
+
+
+Builder = Callable[[RewardSpec, object], Reward]
+_KINDS: dict[str, Builder] = {}
+
+
+def register_kind(kind: str, builder: Builder) -> Builder:
+    """Add a reward kind: `builder(spec, load_options) -> Reward`."""
+    if kind in _KINDS and _KINDS[kind] is not builder:
+        raise ValueError(f"a reward kind '{kind}' is already registered")
+    _KINDS[kind] = builder
+    return builder
+
+
+def _build_pm(spec: RewardSpec, options) -> Reward:
+    from pmopt.pm.model import PreferenceModel
+
+    if not spec.path:
+        raise PmoptError(f"{spec.name}: path is required for kind {spec.kind}")
+    pm = PreferenceModel.load(spec.path, options, method=spec.aggregate, lam=spec.lam)
+    return PMReward(pm, spec.resolved_prefix(), spec.batch_size, spec.name)
+
+
+for _kind in PM_KINDS:
+    register_kind(_kind, _build_pm)
+
+
+def source_reward(spec: RewardSpec, options=None) -> Reward:
+    """A source's own reward of kind `spec.kind` (e.g. the world's gold), the source found by its path."""
+    if not spec.path:
+        raise PmoptError(f"{spec.name}: kind {spec.kind} needs the source directory it is computed from "
+                         "(a `pmopt world` dir)")
+    return SourceReward(sources.open_path(spec.path, f"{spec.name}.path").reward(spec.kind), spec.name)
+
+
+def build_reward(spec: RewardSpec, options=None) -> Reward:
+    """The `Reward` for `spec`; PM kinds load with `options` (`PMLoadOptions`)."""
+    builder = _KINDS.get(spec.kind, source_reward)
+    return builder(spec, options)
+
+
+__all__ = ["RewardSpec", "Reward", "PMReward", "SourceReward", "register_kind", "build_reward", "source_reward",
+           "PM_KINDS", "AGGREGATES"]
