@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import types
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -86,9 +88,31 @@ def load_config(cls: type[T], path: str | os.PathLike | None = None,
     return from_dict(cls, raw, source=source, validate=validate)
 
 
+def renamed_keys(cls: type, data: dict, source: str, prefix: str) -> dict:
+    """`data` with a section's old key names (its `RENAMED = {old: new}`) replaced by the current ones.
+
+    Old names are kept one release so existing configs still load; each use prints one line.
+    """
+    renamed = getattr(cls, "RENAMED", {})
+    if not any(old in data for old in renamed):
+        return data
+    out = dict(data)
+    for old, new in renamed.items():
+        if old not in out:
+            continue
+        if new in out:
+            raise ConfigError(f"{source}: '{prefix}{old}' and '{prefix}{new}' both given ('{old}' is the old "
+                              f"name of '{new}')")
+        out[new] = out.pop(old)
+        print(f"pmopt: {source}: '{prefix}{old}' is now '{prefix}{new}' (the old name goes in the next release)",
+              file=sys.stderr)
+    return out
+
+
 def from_dict(cls: type[T], data: Any, source: str = "<config>", prefix: str = "", validate: bool = True) -> T:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: '{prefix or '<root>'}': expected a mapping, got {type(data).__name__}")
+    data = renamed_keys(cls, data, source, prefix)
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = [key for key in data if key not in fields]
@@ -161,6 +185,25 @@ def _coerce(hint: Any, value: Any, source: str, key: str, validate: bool = True)
     return value
 
 
+@dataclass
+class LoraSection:
+    """LoRA adapters (peft), one section for PM training, the RL policy and its value model."""
+
+    enabled: bool = False  # LoRA adapters instead of full fine-tuning (a score head is fully trained)
+    r: int = 16  # LoRA rank
+    alpha: int = 32  # LoRA scaling alpha (the update is scaled by alpha / r)
+    # LoRA dropout; RL sets 0 so the rollout's and the first update's log-probs are identical
+    dropout: float = 0.05
+    target_modules: list[str] | str = "all-linear"  # module names that get adapters, or 'all-linear'
+    RENAMED: ClassVar[dict[str, str]] = {}
+
+    def validate(self) -> None:
+        if self.r < 1 or self.alpha < 1:
+            raise ValueError("lora.r / lora.alpha: must be >= 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError("lora.dropout: must be in [0, 1)")
+
+
 def validate_all(obj: Any) -> None:
     """Call `validate()` on a config and on every config nested in it (depth first); raises ValueError.
 
@@ -194,4 +237,4 @@ def dump_yaml(obj: Any) -> str:
     return yaml.safe_dump(to_dict(obj), sort_keys=False)
 
 
-__all__ = ["ConfigError", "load_config", "from_dict", "to_dict", "dump_yaml", "apply_overrides", "validate_all"]
+__all__ = ["ConfigError", "LoraSection", "renamed_keys", "load_config", "from_dict", "to_dict", "dump_yaml", "apply_overrides", "validate_all"]

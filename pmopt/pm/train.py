@@ -28,13 +28,13 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from transformers import TrainerCallback
 
 from pmopt import console
-from pmopt.config import ConfigError, dump_yaml, load_config
+from pmopt.config import ConfigError, LoraSection, dump_yaml, load_config
 from pmopt.data.preferences import check_pairs, load_pairs, looks_like_hub_id, pair_source, split_pairs
 from pmopt.io import (
     PmoptError,
@@ -82,22 +82,13 @@ class DataSection:
 
 
 @dataclass
-class LoraSection:
-    enabled: bool = False  # LoRA adapters instead of full fine-tuning (the score head is fully trained)
-    r: int = 16  # LoRA rank
-    alpha: int = 32  # LoRA scaling alpha (the update is scaled by alpha / r)
-    dropout: float = 0.05  # LoRA dropout
-    target_modules: list[str] | str = "all-linear"  # module names that get adapters, or 'all-linear'
-
-
-@dataclass
 class TrainSection:
     epochs: float = 1.0  # passes over the training pairs
     max_steps: int = -1  # > 0 overrides epochs
     learning_rate: float = 1e-4  # peak AdamW learning rate
     batch_size: int = 8  # pairs per device per step
     eval_batch_size: int = 16  # pairs per device per held-out batch
-    grad_accum: int = 1  # gradient accumulation steps per optimizer step
+    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step (transformers' name)
     weight_decay: float = 0.0  # AdamW weight decay
     warmup_ratio: float = 0.0  # share of all steps spent in linear warmup
     lr_scheduler: str = "linear"  # transformers scheduler name (linear, cosine, constant, ...)
@@ -111,6 +102,7 @@ class TrainSection:
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # autocast precision (bf16 / fp16 need a GPU)
     gradient_checkpointing: bool = False  # recompute activations in the backward pass (less memory, slower)
     report_to: Literal["none", "tensorboard", "wandb"] = "none"  # also log there (metrics.jsonl always)
+    RENAMED: ClassVar[dict[str, str]] = {"grad_accum": "gradient_accumulation_steps"}
 
 
 @dataclass
@@ -131,14 +123,12 @@ class PMTrainConfig:
             (self.data.max_length > 0, "data.max_length: must be > 0"),
             (self.train.epochs > 0 or self.train.max_steps > 0, "train.epochs: must be > 0"),
             (self.train.batch_size >= 1 and self.train.eval_batch_size >= 1, "train.batch_size: must be >= 1"),
-            (self.train.grad_accum >= 1, "train.grad_accum: must be >= 1"),
+            (self.train.gradient_accumulation_steps >= 1, "train.gradient_accumulation_steps: must be >= 1"),
             (self.train.learning_rate > 0, "train.learning_rate: must be > 0"),
             (0.0 <= self.train.warmup_ratio < 1.0, "train.warmup_ratio: must be in [0, 1)"),
             (self.train.logging_steps >= 1 and self.train.save_steps >= 1,
              "train.logging_steps / train.save_steps: must be >= 1"),
             (self.train.eval_steps >= 0, "train.eval_steps: must be >= 0"),
-            (self.lora.r >= 1 and self.lora.alpha >= 1, "lora.r / lora.alpha: must be >= 1"),
-            (0.0 <= self.lora.dropout < 1.0, "lora.dropout: must be in [0, 1)"),
             (self.ensemble_size >= 1, "ensemble_size: must be >= 1"),
             (self.ensemble_aggregate in METHODS, f"ensemble_aggregate: one of {list(METHODS)}"),
         ]
@@ -357,7 +347,7 @@ def reward_config(cfg: PMTrainConfig, output_dir: Path, seed: int, has_eval: boo
         output_dir=str(output_dir), seed=seed, data_seed=seed,
         num_train_epochs=t.epochs, max_steps=t.max_steps, learning_rate=t.learning_rate,
         per_device_train_batch_size=t.batch_size, per_device_eval_batch_size=t.eval_batch_size,
-        gradient_accumulation_steps=t.grad_accum, weight_decay=t.weight_decay, warmup_steps=t.warmup_ratio,
+        gradient_accumulation_steps=t.gradient_accumulation_steps, weight_decay=t.weight_decay, warmup_steps=t.warmup_ratio,
         lr_scheduler_type=t.lr_scheduler, max_grad_norm=t.max_grad_norm,
         logging_steps=t.logging_steps, save_strategy="steps", save_steps=t.save_steps,
         save_total_limit=t.save_total_limit, eval_strategy="steps" if periodic_eval else "no",
