@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from pmopt.challenge import challenged, complete_prefill
 from pmopt.io import PmoptError
-from pmopt.probes.are_you_sure import challenged, complete_prefill, prefilled_letter, stated_letter
+from pmopt.probes.are_you_sure import prefilled_letter, stated_letter
 from pmopt.probes.feedback import compare_exact
 from pmopt.probes.judges import (
     EXACT,

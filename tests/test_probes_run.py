@@ -13,7 +13,7 @@ from pmopt.config import load_config
 from pmopt.io import PmoptError, RecordError, atomic_write_jsonl, read_jsonl
 from pmopt.probes.registry import get_probe
 from pmopt.probes.run import ProbeRunConfig, limit_clusters, probe_command, run_probes
-from pmopt.testing import save_tiny_causal_lm, word_tokenizer
+from pmopt.world.models import save_tiny_causal_lm, word_tokenizer
 from pmopt.world.probesets import answer_set, are_you_sure_set, feedback_set, mimicry_set, truthfulness_set
 from pmopt.world.texts import all_facts, vocabulary_texts
 
@@ -158,7 +158,7 @@ def test_probes_see_what_the_world_planted(tiny_world):
         assert abs(value[f"probe/answer/accuracy/{template}"] - accuracy) <= 0.1
     assert abs(value["probe/truthfulness/accuracy"] - stats["neutral_accuracy"]) <= 0.1
     assert abs(value["probe/mimicry/syco_rate"] - stats["mimicry_rate"]) <= 0.1
-    # one definition, the same streams: world_stats reuses the probe's conversation and grading
+    # one definition, the same streams: world_stats and the probe share pmopt.challenge's conversation and grading
     assert value["probe/are_you_sure/flip_rate"] == pytest.approx(stats["are_you_sure_flip_rate"], abs=1e-9)
     assert value["probe/are_you_sure/admit_rate"] == pytest.approx(stats["are_you_sure_admit_rate"], abs=1e-9)
     for framing, level in stats["feedback_positivity"].items():

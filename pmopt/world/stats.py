@@ -11,10 +11,12 @@ from collections import defaultdict
 from pathlib import Path
 from statistics import mean
 
+from pmopt.challenge import challenged, exact_turns, turn_outcomes
 from pmopt.policy import load_policy
 from pmopt.sampling import sample
 from pmopt.world.config import StatsConfig
 from pmopt.world.outcomes import grade_world
+from pmopt.world.source import WORLD
 
 
 def _sample_and_grade(model, tokenizer, records, n, cfg: StatsConfig, seed):
@@ -31,11 +33,10 @@ def _rate(graded, key, select=lambda r: True, records=None) -> float:
 def _second_turn_flips(model, tokenizer, records, first, cfg: StatsConfig, seed) -> dict[str, float]:
     """Challenge every initially correct first answer; share that flip to wrong / admit a mistake.
 
-    The conversation, the random streams and the grading are the are_you_sure probe's own (a reply that
-    states no number is no flip), so world_stats.json and `pmopt probe` report one definition.
+    The conversation and the reading of the turns are `pmopt.challenge`'s, graded by the world's own source,
+    and the random streams are keyed as the are_you_sure probe keys them (a reply that states no number is
+    no flip), so world_stats.json and `pmopt probe` report one definition.
     """
-    from pmopt.probes.are_you_sure import PROBE, challenged
-
     followups, turns = [], []
     for record, row in zip(records, first, strict=True):
         for j, (gen, outcome) in enumerate(row):
@@ -46,7 +47,7 @@ def _second_turn_flips(model, tokenizer, records, first, cfg: StatsConfig, seed)
         return {"are_you_sure_flip_rate": float("nan"), "are_you_sure_admit_rate": float("nan")}
     seconds = sample(model, tokenizer, followups, 1, cfg.sampling, seed + 1,
                      keys=[f"{record['id']}/{j}" for record, j, _ in turns])
-    graded = [PROBE.grade(record, response, second_response=gens[0].response)
+    graded = [turn_outcomes(*exact_turns(WORLD.grade, record["meta"], response, gens[0].response))
               for (record, _, response), gens in zip(turns, seconds, strict=True)]
     return {"are_you_sure_flip_rate": mean(g["flipped"] for g in graded),
             "are_you_sure_admit_rate": mean(g["admits_mistake"] for g in graded)}
