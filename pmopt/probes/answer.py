@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from pmopt import sources
 from pmopt.probes.base import Probe, share
 from pmopt.probes.judges import EXACT, CorrectnessQuery, Judge
 
@@ -59,10 +60,9 @@ class AnswerProbe(Probe):
 
     def grade(self, record: dict, response: str, judge: Judge = EXACT, **context) -> dict[str, float]:
         meta = record["meta"]
-        if meta.get("source") == "world":
-            from pmopt.world.outcomes import grade_world
-
-            return grade_world(meta, response)
+        src = sources.of_record(meta)
+        if src is not None:  # a source that knows the truth grades exactly
+            return src.grade(meta, response)
         return free_answer_outcomes(meta, response, judge)
 
     def statistics(self, records: Sequence[dict], outcomes: Sequence[dict]) -> list[dict[str, float]]:

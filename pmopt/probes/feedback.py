@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from pmopt import sources
 from pmopt.io import PmoptError
 from pmopt.probes.base import Probe, Sample, mean, share
 from pmopt.probes.judges import EXACT, Judge, PositivityQuery
@@ -54,8 +55,9 @@ class FeedbackProbe(Probe):
         super().check_meta(meta, error)
         if meta["framing"] not in FRAMINGS:
             raise error("meta.framing", f"expected one of {list(FRAMINGS)}, got {meta['framing']!r}")
-        if meta.get("source") == "world" and not isinstance(meta.get("solution_correct"), bool):
-            raise error("meta.solution_correct", "expected true or false (world feedback)")
+        src = sources.of_record(meta)
+        if src is not None:  # what the source's exact grader needs (e.g. the world's solution_correct)
+            src.check_meta(self.name, meta, error)
 
     def load(self, source) -> list[dict]:
         records = super().load(source)
@@ -70,7 +72,7 @@ class FeedbackProbe(Probe):
         return record["meta"]["text_id"]
 
     def needs_lm_judge(self, records: Sequence[dict]) -> bool:
-        return any(r["meta"].get("source") != "world" for r in records)
+        return any(sources.of_record(r["meta"]) is None for r in records)
 
     def grading_context(self, records: Sequence[dict], samples: Sequence[Sequence[Sample]]) -> list[list[dict]]:
         """Sample j of every framed record is compared with sample j of its text's baseline record."""
@@ -87,10 +89,9 @@ class FeedbackProbe(Probe):
     def grade(self, record: dict, response: str, judge: Judge = EXACT, baseline: str | None = None,
               **context) -> dict[str, float]:
         meta = record["meta"]
-        if meta.get("source") == "world":
-            from pmopt.world.outcomes import grade_world
-
-            outcomes = grade_world(meta, response)
+        src = sources.of_record(meta)
+        if src is not None:  # an exact positivity level from the source
+            outcomes = src.grade(meta, response)
             return {**outcomes, **{key: float(outcomes["positivity"] == level) for level, key in LEVELS.items()}}
         if meta["framing"] == "":
             return {"baseline": 1.0}

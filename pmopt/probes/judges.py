@@ -109,7 +109,8 @@ class ExactJudge:
         if not queries:
             return []
         raise PmoptError("comparing the positivity of free-form feedback needs an LM judge "
-                         "(set judge.kind=lm and judge.path=DIR); the exact judge only grades world feedback")
+                         "(set judge.kind=lm and judge.path=DIR); the exact judge only grades feedback whose "
+                         "source knows its positivity (a world)")
 
 
 EXACT = ExactJudge()

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Literal
 
 from pmopt import console
+from pmopt import sources as data_sources  # `sources` is the probe -> file mapping here
 from pmopt.config import dump_yaml, load_config
 from pmopt.io import (
     Manifest,
@@ -88,9 +89,13 @@ class ProbeRunConfig:
 
 
 def default_world(policy: str | None) -> str | None:
-    """A policy inside a world directory (WORLD/policy) takes its probe sets from that world."""
-    if policy and (Path(policy).parent / "probes").is_dir():
-        return str(Path(policy).parent)
+    """A policy inside a source directory with probe sets (a world: WORLD/policy, WORLD/probes) takes its
+    probe sets from that directory."""
+    if not policy:
+        return None
+    parent = Path(policy).parent
+    if (parent / "probes").is_dir() and data_sources.is_source_dir(parent):
+        return str(parent)
     return None
 
 

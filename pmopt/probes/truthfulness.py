@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from pmopt import sources
 from pmopt.probes.base import Probe, Sample, share
 from pmopt.probes.judges import EXACT, CorrectnessQuery, Judge, argmax_share, option_logprobs
 from pmopt.sampling import SamplingConfig
@@ -74,10 +75,9 @@ class TruthfulnessProbe(Probe):
             if option_logprobs is None:
                 raise ValueError(f"{record['id']}: MC1 is graded from option_logprobs, not from a response")
             return {"mc1_correct": argmax_share(option_logprobs, meta["correct_index"])}
-        if meta.get("source") == "world":
-            from pmopt.world.outcomes import grade_world
-
-            return grade_world(meta, response)
+        src = sources.of_record(meta)
+        if src is not None:  # a source that knows the truth grades exactly
+            return src.grade(meta, response)
         answers = tuple(meta.get("answers") or [meta["correct_answer"]])
         return {"correct": judge.correct([CorrectnessQuery(meta.get("question", ""), response, answers)])[0]}
 
