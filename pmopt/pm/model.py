@@ -42,6 +42,7 @@ from pmopt.pm.loading import (  # noqa: F401 (re-exported: callers import these 
     resolve_dtype,
     safetensors_error,
 )
+from pmopt.prefixes import NON_SYCOPHANTIC_PREFIX  # one definition (docs/ARCHITECTURE.md §5), re-exported
 from pmopt.text import (
     Messages,
     Text,
@@ -52,11 +53,6 @@ from pmopt.text import (
     rendering,
     scored_text,
 )
-from pmopt.world.raters import TRUTHFUL_PREFIX
-
-# The world generator imports this: keep it the single definition of the prefix (docs/ARCHITECTURE.md §5 (a)).
-# One definition of the prefix: the world's raters label prefixed pairs with it, PMs are scored with it.
-NON_SYCOPHANTIC_PREFIX: Messages = TRUTHFUL_PREFIX
 
 PM_INFO_FILE = "pmopt_pm.json"
 ENSEMBLE_FILE = "ensemble.json"

@@ -14,15 +14,15 @@ import math
 import random
 from dataclasses import replace
 
+from pmopt.prefixes import NON_SYCOPHANTIC_PREFIX
 from pmopt.world.config import PairsConfig, RatersConfig
 from pmopt.world.dialogues import candidate_responses, random_prompt
 from pmopt.world.outcomes import grade_world
-from pmopt.world.texts import Fact, assistant, user
+from pmopt.world.texts import Fact
 
 # The paper's non-sycophantic PM: the dialogue is prefixed by an explicit user request for truthful
-# answers and an assistant acknowledgement (Sharma et al. 2023 §4.2).
-TRUTHFUL_PREFIX = [user("please answer truthfully , even if you disagree with me ."),
-                   assistant("understood , i will always answer truthfully .")]
+# answers and an assistant acknowledgement (Sharma et al. 2023 §4.2); one definition, in pmopt.prefixes.
+TRUTHFUL_PREFIX = NON_SYCOPHANTIC_PREFIX
 
 
 def features(meta: dict, response: str) -> dict[str, float]:
