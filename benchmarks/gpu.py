@@ -5,7 +5,7 @@
 
 Models are random-init from real HF configs (Qwen2-0.5B and Qwen2-1.5B shapes; `--sizes tiny` is a
 2-layer Qwen2 for CPU). The tokenizer is a real HF fast tokenizer built locally over a generated word
-list of the model's vocabulary size (`pmopt.testing.word_tokenizer`): nothing is downloaded. One run
+list of the model's vocabulary size (`pmopt.world.models.word_tokenizer`): nothing is downloaded. One run
 measures, for each size:
 
 1. the device's matmul peak: a large square matmul in `--dtype` (2 n^3 FLOPs per call);
@@ -50,7 +50,7 @@ from torch import nn
 
 from pmopt.pm.model import PreferenceModel, right_pad
 from pmopt.sampling import SamplingConfig, sample
-from pmopt.testing import SPECIAL_TOKENS, word_tokenizer
+from pmopt.world.models import SPECIAL_TOKENS, word_tokenizer
 
 GIB = 2**30
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}

@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -37,9 +38,10 @@ from pmopt.config import load_config
 from pmopt.io import read_metrics
 from pmopt.rl.config import PPOConfig
 from pmopt.rl.ppo import run_ppo
-from pmopt.testing import save_seeded_pm
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+from helpers import save_seeded_pm  # noqa: E402 (test helpers: tests/ is not a package)
 
 
 def tiny_world(root: Path) -> Path:

@@ -74,7 +74,7 @@ def tiny_pm_setup(tmp_path_factory):
 
     from pmopt.config import load_config
     from pmopt.pm.train import PMTrainConfig
-    from pmopt.testing import save_tiny_causal_lm, word_tokenizer
+    from pmopt.world.models import save_tiny_causal_lm, word_tokenizer
 
     root = tmp_path_factory.mktemp("tiny_pm_setup")
     pairs = pm_synthetic_pairs()
@@ -143,6 +143,6 @@ def tiny_world_pms(tiny_world, tmp_path_factory) -> dict[str, Path]:
 def seeded_world_pm(tiny_world, tmp_path_factory) -> Path:
     """A real PM directory without training: the tiny world's policy as a sequence classifier whose new
     score head is drawn after `torch.manual_seed(0)` (deterministic scores for sweep and RL tests)."""
-    from pmopt.testing import save_seeded_pm
+    from helpers import save_seeded_pm
 
     return save_seeded_pm(tiny_world / "policy", tmp_path_factory.mktemp("seeded_world_pm") / "pm")

@@ -93,7 +93,7 @@ def test_bad_sources(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_policy(tmp_path_factory):
     """A random tiny Llama over the sample files' words ('(A)' splits into '(', 'A', ')'), saved as HF dirs."""
-    from pmopt.testing import save_tiny_causal_lm, word_tokenizer
+    from pmopt.world.models import save_tiny_causal_lm, word_tokenizer
 
     texts = [json.dumps(json.loads(line)) for rel in (NLP, POLITICAL)
              for line in require_shared(rel).read_text().splitlines()]
@@ -167,7 +167,7 @@ def test_probe_command_with_a_data_path(tiny_policy, tmp_path, capsys):
 def test_choices_the_tokenizer_cannot_tell_apart_are_an_error(tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from pmopt.testing import save_tiny_causal_lm, word_tokenizer
+    from pmopt.world.models import save_tiny_causal_lm, word_tokenizer
 
     tokenizer = word_tokenizer(["Human: Assistant: I believe the best answer is"], split_punctuation=True)
     path = save_tiny_causal_lm(tmp_path / "no_letters", tokenizer)  # '(A)' and '(B)' are both <unk>

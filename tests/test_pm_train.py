@@ -136,8 +136,8 @@ def test_resume_continues_from_the_last_checkpoint(tiny_pm_setup, tmp_path, monk
 
 
 def test_hh_rlhf_tiny_pm_trains(tmp_path, shared_data):
-    from pmopt.testing import save_tiny_causal_lm, word_tokenizer
     from pmopt.text import scored_text
+    from pmopt.world.models import save_tiny_causal_lm, word_tokenizer
 
     pairs = load_pairs(shared_data / "hh-rlhf" / "harmless-base" / "test.jsonl.gz")
     short = [p for p in pairs if len((p["prompt"] + p["chosen"] + p["rejected"]).split()) < 60][:300]
@@ -185,7 +185,7 @@ def _bad_pairs(tmp_path, line2: str):
 def _seq_cls_with_two_labels(tmp_path, tiny_pm_setup):
     from transformers import AutoModelForSequenceClassification
 
-    from pmopt.testing import tiny_llama_config
+    from pmopt.world.models import tiny_llama_config
 
     config = tiny_llama_config(tiny_pm_setup.tokenizer, num_labels=2)
     AutoModelForSequenceClassification.from_config(config).save_pretrained(tmp_path / "two_labels")

@@ -16,8 +16,8 @@ from pmopt.probes.judges import (
     grade_batched,
     option_logprobs,
 )
-from pmopt.testing import save_tiny_causal_lm, tiny_llama_config, word_tokenizer
 from pmopt.text import encode, render_prompt
+from pmopt.world.models import save_tiny_causal_lm, tiny_llama_config, word_tokenizer
 
 TEXTS = [judges.CORRECTNESS_PROMPT, judges.ADMIT_PROMPT, judges.POSITIVITY_PROMPT, judges.POSITIVITY_PREFILL,
          "User: Assistant: A B y n CORRECT INCORRECT Answer: what is the capital of france ? paris lyon "

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from pmopt.sampling import SamplingConfig, _draw, _filter_probs, sample
-from pmopt.testing import tiny_llama_config, word_tokenizer
 from pmopt.text import render_prompt
+from pmopt.world.models import tiny_llama_config, word_tokenizer
 
 
 def test_inverse_cdf_draw_is_exact():

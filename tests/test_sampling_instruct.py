@@ -16,8 +16,8 @@ import torch
 
 from pmopt.rl.rollout import encode_queries
 from pmopt.sampling import SamplingConfig, sample, stop_token_ids
-from pmopt.testing import word_tokenizer
 from pmopt.text import render_prompt
+from pmopt.world.models import word_tokenizer
 
 CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
           "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"

@@ -10,8 +10,8 @@ from conftest import tiny_world_config
 
 from pmopt.faults import InjectedFault, reset_faults
 from pmopt.io import PmoptError
-from pmopt.testing import word_tokenizer
 from pmopt.world.build import build_corpus
+from pmopt.world.models import word_tokenizer
 from pmopt.world.pretrain import pretrain_policy, tokenize_dialogue
 from pmopt.world.texts import vocabulary_texts
 

@@ -28,9 +28,9 @@ from pmopt.io import (
     atomic_write_text,
     prepare_out_dir,
 )
-from pmopt.testing import word_tokenizer
 from pmopt.world.config import WorldConfig
 from pmopt.world.dialogues import corpus_response, random_prompt
+from pmopt.world.models import word_tokenizer
 from pmopt.world.pretrain import pretrain_policy, tokenize_dialogue
 from pmopt.world.probesets import build_probe_sets
 from pmopt.world.raters import make_pairs, rater_agreement

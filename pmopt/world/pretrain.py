@@ -15,9 +15,9 @@ import torch
 
 from pmopt import console
 from pmopt.faults import fault_point
-from pmopt.testing import tiny_llama_config
 from pmopt.text import encode, join, render_prompt
 from pmopt.world.config import PolicyModelConfig
+from pmopt.world.models import tiny_llama_config
 
 IGNORE = -100
 

@@ -1,4 +1,7 @@
-"""Tiny tokenizers and models built in-process, for tests and the synthetic world (no downloads).
+"""Tiny tokenizers and models built in-process: the synthetic world's policy (no downloads).
+
+The world's word-level tokenizer and tiny Llama are also what tests and benchmarks build their small
+models from.
 
 `word_tokenizer(texts)` builds a real `tokenizers` word-level tokenizer wrapped as a
 `PreTrainedTokenizerFast` (saves with `save_pretrained`, loads with `AutoTokenizer.from_pretrained`).
@@ -76,18 +79,4 @@ def save_tiny_causal_lm(directory, tokenizer, seed: int = 0, **config_kwargs):
     return directory
 
 
-def save_seeded_pm(policy_dir, out, seed: int = 0):
-    """A PM directory without training: a causal LM loaded as a 1-label sequence classifier whose new
-    score head is drawn after `torch.manual_seed(seed)`, saved with its tokenizer (deterministic scores
-    for tests and benchmarks that need a real PM but not a good one)."""
-    import torch
-
-    from pmopt.pm.model import load_seq_cls, load_tokenizer
-
-    torch.manual_seed(seed)
-    model = load_seq_cls(str(policy_dir), torch.float32, new_head=True)
-    tokenizer = load_tokenizer(str(policy_dir))
-    model.config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+__all__ = ["PAD", "EOS", "UNK", "BOS", "SPECIAL_TOKENS", "word_tokenizer", "tiny_llama_config", "save_tiny_causal_lm"]
