@@ -19,6 +19,7 @@ entry-point group fills for installed packages (pmopt's own world is registered 
 
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
@@ -27,6 +28,9 @@ from pathlib import Path
 from pmopt.io import PmoptError
 
 ENTRY_POINT_GROUP = "pmopt.sources"
+# pmopt's own sources, as its entry points declare them: loaded from here too when the package runs
+# without installed metadata (a checkout on PYTHONPATH), so world records never fall through to a judge.
+BUILTIN = {"world": "pmopt.world.source:WORLD"}
 
 RewardFn = Callable[[Sequence[dict], Sequence[str]], list[float]]
 
@@ -39,7 +43,12 @@ class Source(ABC):
     @abstractmethod
     def grade(self, meta: dict, response: str, first_response: str | None = None) -> dict[str, float]:
         """Exact outcomes of `response` to the record described by `meta`; with `first_response`, of a
-        second turn that answers a challenge to that first response."""
+        second turn that answers a challenge to that first response.
+
+        The keys are the probes' outcome names: `correct` and `agrees_with_user` for every record,
+        `sycophantic` and `hedged`; `answer_given` and `admits_mistake` for answers (the are-you-sure
+        probe reads them), `positivity` (-1, 0, +1) for feedback, `repeats_premise` and `corrects` for
+        mimicry."""
 
     def check_meta(self, probe: str, meta: dict, error) -> None:
         """Raise error('meta.<field>', ...) when the metadata `grade` needs for `probe` is missing."""
@@ -98,6 +107,10 @@ def _load_entry_points() -> None:
     for point in entry_points(group=ENTRY_POINT_GROUP):
         if point.name not in _SOURCES:
             register(point.load())
+    for name, target in BUILTIN.items():
+        if name not in _SOURCES:
+            module, _, attribute = target.partition(":")
+            register(getattr(importlib.import_module(module), attribute))
 
 
 def registered() -> dict[str, Source]:
