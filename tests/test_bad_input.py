@@ -58,7 +58,7 @@ class Env:
 
     def ppo_args(self, *overrides: str) -> list[str]:
         world = self.world()
-        sets = [f"policy.path={world / 'policy'}", f"prompts.world={world}", f"reward.pm={world / 'policy'}",
+        sets = [f"policy.path={world / 'policy'}", f"prompts.world={world}", f"reward.path={world / 'policy'}",
                 "train.steps=1", *overrides]
         return ["ppo", str(REPO / "configs" / "ppo" / "world.yaml"), *sum((["--set", s] for s in sets), [])]
 
