@@ -56,6 +56,7 @@ class RewardSection:
     pm_load: PMLoadOptions = field(default_factory=PMLoadOptions)  # how the PM loads; device: the run's
     missing_eos_penalty: float | None = 1.0  # subtracted from the score of responses cut at max_new_tokens
     world: str | None = None  # source dir (a world) for kind gold / raters; default: prompts.world
+    # old key -> its current name; old keys still load (with a notice) for one release
     RENAMED: ClassVar[dict[str, str]] = {"pm": "path", "ensemble_aggregate": "aggregate", "ensemble_lambda": "lam"}
 
 
@@ -101,7 +102,7 @@ class TrainSection:
     lam: float = 0.95  # GAE lambda
     whiten_rewards: bool = False  # scale-only whitening of the per-token rewards (lm-human-preferences)
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # autocast precision (bf16 / fp16 need a GPU)
-    RENAMED: ClassVar[dict[str, str]] = {"warmup_updates": "warmup_steps"}
+    RENAMED: ClassVar[dict[str, str]] = {"warmup_updates": "warmup_steps"}  # old key -> its current name
 
 
 @dataclass
