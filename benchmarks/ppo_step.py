@@ -55,7 +55,7 @@ def tiny_world(root: Path) -> Path:
 
 def config(world: Path, pm: Path, method: str, steps: int, rollout: int, epochs: int, threads: int) -> PPOConfig:
     return load_config(PPOConfig, data={
-        "method": method, "policy": {"path": str(world / "policy")}, "reward": {"kind": "pm", "pm": str(pm)},
+        "method": method, "policy": {"path": str(world / "policy")}, "reward": {"kind": "pm", "path": str(pm)},
         "prompts": {"world": str(world), "n_prompts": 1024}, "sampling": {"max_new_tokens": 24},
         "kl": {"beta": 0.05}, "rloo": {"num_generations": 4},
         "train": {"steps": steps, "rollout_batch_size": rollout, "minibatch_size": 16, "ppo_epochs": epochs,

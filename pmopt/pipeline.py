@@ -176,7 +176,7 @@ def ppo_overrides(cfg: ExperimentConfig, run: Path, pm: str) -> list[str]:
     pm_path = run / "pms" / ("unbiased" if pm == "unbiased" else "proxy")
     prefix = "non_sycophantic" if pm == "proxy-nonsyc" else "none"
     world = run / "world"
-    return [f"policy.path={world / 'policy'}", f"prompts.world={world}", f"reward.pm={pm_path}",
+    return [f"policy.path={world / 'policy'}", f"prompts.world={world}", f"reward.path={pm_path}",
             f"reward.prefix={prefix}", f"reward.name={pm}", f"seed={cfg.seed}", *cfg.ppo.overrides]
 
 

@@ -105,8 +105,8 @@ def ppo_part(seed: int, root: Path) -> dict:
     build_world(tiny_world_config(seed=seed), world, progress=False)
     pm = suggest_wrong_pm(world, root / "pm", seed=seed)
     out = {}
-    for label, runs in (("pm", (("reward.kind=pm", f"reward.pm={pm}"),
-                                ("reward.kind=pm", f"reward.pm={pm}", "reward.prefix=non_sycophantic"))),
+    for label, runs in (("pm", (("reward.kind=pm", f"reward.path={pm}"),
+                                ("reward.kind=pm", f"reward.path={pm}", "reward.prefix=non_sycophantic"))),
                         ("raters", (("reward.kind=raters",), ("reward.kind=gold",)))):
         biased = claim_curves(world, root / f"{label}-b", *runs[0], f"seed={seed}")
         truthful = claim_curves(world, root / f"{label}-t", *runs[1], f"seed={seed}")

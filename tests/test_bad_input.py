@@ -58,7 +58,7 @@ class Env:
 
     def ppo_args(self, *overrides: str) -> list[str]:
         world = self.world()
-        sets = [f"policy.path={world / 'policy'}", f"prompts.world={world}", f"reward.pm={world / 'policy'}",
+        sets = [f"policy.path={world / 'policy'}", f"prompts.world={world}", f"reward.path={world / 'policy'}",
                 "train.steps=1", *overrides]
         return ["ppo", str(REPO / "configs" / "ppo" / "world.yaml"), *sum((["--set", s] for s in sets), [])]
 
@@ -134,7 +134,7 @@ CASES: dict[str, Callable[[Env], tuple[list[str], list[str]]]] = {
                                          ["empty", "no config.json"]),
     "bon-pm-missing": lambda e: (e.bon_args(f"pms=[{{name: p, path: {e.tmp / 'no-pm'}}}]"),
                                  ["pms.p", "no-pm", "does not exist"]),
-    "ppo-reward-pm-missing": lambda e: (e.ppo_args(f"reward.pm={e.tmp / 'no-pm'}"), ["reward.pm", "no-pm"]),
+    "ppo-reward-pm-missing": lambda e: (e.ppo_args(f"reward.path={e.tmp / 'no-pm'}"), ["reward.path", "no-pm"]),
     # ------------------------------------------------------------------ configs
     "world-unknown-key": lambda e: (["world", str(WORLD_YAML), "--set", "corpus.n_dialoguez=3"],
                                     ["tiny.yaml", "corpus.n_dialoguez"]),

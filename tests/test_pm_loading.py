@@ -320,7 +320,7 @@ def test_bon_and_ppo_configs_take_the_same_loading_section(tmp_path):
     bon = load_config(BonConfig, data={"world": "w", "pms": [{"name": "p", "path": "x"}], "trust_remote_code": True,
                                        "pm_load": {"dtype": "bfloat16", "max_length": 256, "max_batch_tokens": 4096}})
     ppo = load_config(PPOConfig, data={"policy": {"path": "p"}, "prompts": {"world": "w"},
-                                       "reward": {"pm": "x", "pm_load": {"max_length": 64}}})
+                                       "reward": {"path": "x", "pm_load": {"max_length": 64}}})
     assert type(bon.pm_load) is type(ppo.reward.pm_load) is PMLoadOptions
     run = bon.pm_load.for_run("cuda:0", bon.trust_remote_code, "eager")
     assert (run.device, run.trust_remote_code, run.attn_implementation, run.dtype) == ("cuda:0", True, "eager",
@@ -340,12 +340,12 @@ def test_bon_and_ppo_configs_take_the_same_loading_section(tmp_path):
 def test_ppo_reward_pm_loads_with_reward_pm_load(tiny_pm):
     from pmopt.config import load_config
     from pmopt.rl.config import PPOConfig
-    from pmopt.rl.rollout import build_reward
+    from pmopt.rl.setup import load_reward
 
     cfg = load_config(PPOConfig, data={
         "policy": {"path": "p", "attn_implementation": "eager"}, "prompts": {"world": "w"},
-        "reward": {"pm": str(tiny_pm), "pm_load": {"dtype": "bfloat16", "max_length": 9}}})
-    reward = build_reward(cfg, "cpu")
+        "reward": {"path": str(tiny_pm), "pm_load": {"dtype": "bfloat16", "max_length": 9}}})
+    reward = load_reward(cfg, "cpu")
     options = reward.pm.options
     assert (options.max_length, options.attn_implementation, options.device) == (9, "eager", "cpu")
     assert next(reward.pm.model.parameters()).dtype == torch.bfloat16

@@ -1,4 +1,5 @@
-"""pmopt's PPO loop (pmopt/rl/ppo.py, rollout.py, checkpoint.py, config.py) on the tiny world.
+"""pmopt's PPO loop (pmopt/rl/ppo.py, batches.py, models.py, prompts.py, evaluation.py, setup.py, checkpoint.py,
+config.py) on the tiny world.
 
 Layout checks compare batched recomputation with one-sequence-at-a-time brute force; loop tests run a
 few real PPO iterations against the world's gold reward (no PM needed) and check what they write;
@@ -20,30 +21,17 @@ from pmopt.cli import main
 from pmopt.config import ConfigError, load_config
 from pmopt.io import read_jsonl, read_metrics
 from pmopt.report.html import validate_curve_row
+from pmopt.rewards import RewardSpec, build_reward
+from pmopt.rl.batches import encode_queries, pack, policy_outputs, token_values
 from pmopt.rl.checkpoint import read_state, rng_state, set_rng_state
 from pmopt.rl.config import PPOConfig, TrainSection
-from pmopt.rl.ppo import (
-    NonFiniteError,
-    batch_sizes,
-    run_ppo,
-    stop_if_not_finite,
-    torch_threads,
-)
-from pmopt.rl.rollout import (
-    ProbeSchedule,
-    bootstrap_mean_ci,
-    encode_queries,
-    gold_reward_fn,
-    load_training_prompts,
-    load_value_model,
-    pack,
-    policy_outputs,
-    probe_prompt_keys,
-    step_prompt_indices,
-    token_values,
-    world_raters,
-)
+from pmopt.rl.evaluation import ProbeSchedule
+from pmopt.rl.models import load_value_model
+from pmopt.rl.ppo import NonFiniteError, batch_sizes, run_ppo, stop_if_not_finite
+from pmopt.rl.prompts import load_training_prompts, step_prompt_indices
+from pmopt.rl.setup import load_reward, torch_threads
 from pmopt.sampling import SamplingConfig, sample
+from pmopt.stats import mean_interval
 
 STEP_KEYS = ("ppo/kl", "ppo/reward", "ppo/approx_kl", "ppo/clipfrac", "ppo/entropy", "ppo/value_loss",
              "ppo/policy_loss", "ppo/beta", "time/generation", "time/scoring", "time/update")
@@ -152,11 +140,11 @@ def test_batch_sizes_split_across_processes():
         batch_sizes(cfg, 8)
 
 
-def test_bootstrap_mean_ci():
-    mean, low, high = bootstrap_mean_ci([0.0, 1.0, 1.0, 1.0], n_boot=500, seed=0)
+def test_probe_intervals_are_a_bootstrap_over_prompts():
+    mean, low, high = mean_interval([0.0, 1.0, 1.0, 1.0], n_boot=500, seed=0)
     assert mean == 0.75 and 0.0 <= low <= mean <= high <= 1.0 and low < high
-    assert math.isnan(bootstrap_mean_ci([2.0], 100, 0)[1]) and bootstrap_mean_ci([2.0], 100, 0)[0] == 2.0
-    assert all(math.isnan(x) for x in bootstrap_mean_ci([], 100, 0))
+    assert math.isnan(mean_interval([2.0], 100, 0)[1]) and mean_interval([2.0], 100, 0)[0] == 2.0
+    assert all(math.isnan(x) for x in mean_interval([], 100, 0))
 
 
 def test_rng_state_round_trips_through_safetensors(tmp_path):
@@ -173,7 +161,8 @@ def test_rng_state_round_trips_through_safetensors(tmp_path):
 def test_training_prompts_hold_out_probe_prompts(tiny_world):
     cfg = ppo_config(tiny_world, "prompts.n_prompts=300", "prompts.kinds={answer: 1.0, mimicry: 1.0}")
     records = load_training_prompts(cfg)
-    probe_keys = probe_prompt_keys(tiny_world)
+    probe_keys = {json.dumps(r["prompt"], sort_keys=True) for path in (tiny_world / "probes").glob("*.jsonl")
+                  for r in read_jsonl(path)}
     assert len(records) == 300 and len({r["id"] for r in records}) == 300
     assert not probe_keys & {json.dumps(r["prompt"], sort_keys=True) for r in records}
     assert {r["meta"]["kind"] for r in records} == {"answer", "mimicry"}
@@ -187,19 +176,49 @@ def test_shipped_configs_load(name):
 
 
 def test_rater_rewards_are_the_worlds_utilities(tiny_world):
-    from pmopt.rl.rollout import RaterReward
+    from pmopt.world.config import WorldConfig
     from pmopt.world.raters import features, gold_reward, utility
 
     records = read_jsonl(tiny_world / "probes" / "answer.jsonl")[:8]
     responses = ["you are right , the answer is 3 .", "the answer is 7 .", "i believe the answer is 5 , but i am "
                  "not certain .", "actually , the answer is 2 ."] * 2
-    raters, metas = world_raters(tiny_world), [r["meta"] for r in records]
-    gold = gold_reward_fn(raters)([r["prompt"] for r in records], responses, metas)
-    biased = RaterReward(raters)([r["prompt"] for r in records], responses, metas)
+    raters, metas = load_config(WorldConfig, tiny_world / "config.yaml").raters, [r["meta"] for r in records]
+    prompts = [r["prompt"] for r in records]
+    gold = load_reward(ppo_config(tiny_world, "reward.kind=gold"), "cpu")(prompts, responses, metas).float()
+    biased = load_reward(ppo_config(tiny_world, "reward.kind=raters"), "cpu")(prompts, responses, metas).float()
+    # RL's float32 rewards are exactly the float32 tensors of the world's utilities (as before the one reward design)
+    assert torch.equal(gold, torch.tensor([gold_reward(m, x, raters) for m, x in zip(metas, responses, strict=True)],
+                                          dtype=torch.float32))
     assert gold.tolist() == pytest.approx([gold_reward(m, x, raters) for m, x in zip(metas, responses, strict=True)])
     assert biased.tolist() == pytest.approx([utility(raters, features(m, x)) for m, x in
                                              zip(metas, responses, strict=True)])
     assert raters.w_agree > 0 and not torch.equal(gold, biased)
+
+
+def test_old_reward_and_train_keys_still_load(tiny_world, capsys):
+    from pmopt.rl.setup import reward_spec
+
+    cfg = ppo_config(tiny_world, "reward.kind=pm", "reward.pm=some/pm", "reward.ensemble_aggregate=worst",
+                     "reward.ensemble_lambda=0.5", "reward.prefix=non_sycophantic", "train.warmup_updates=3")
+    assert (cfg.reward.path, cfg.reward.aggregate, cfg.reward.lam, cfg.train.warmup_steps) == ("some/pm", "worst", 0.5, 3)
+    assert "'reward.pm' is now 'reward.path'" in capsys.readouterr().err
+    spec = reward_spec(cfg)  # the reward section is a RewardSpec
+    assert (spec.name, spec.kind, spec.path, spec.aggregate, spec.lam) == ("pm-nonsyc", "pm", "some/pm", "worst", 0.5)
+    gold = reward_spec(ppo_config(tiny_world))  # a source's reward reads the source dir: prompts.world by default
+    assert (gold.kind, gold.path) == ("gold", str(tiny_world))
+    assert cfg.policy.lora.dropout == 0.0 == PPOConfig().policy.lora.dropout  # RL's LoRA default: no dropout
+
+
+def test_rl_reaches_data_sources_only_through_the_registry():
+    """pmopt/rl imports no particular source (docs/ARCHITECTURE.md §2, §5), and rloo.py does not import ppo.py."""
+    import ast
+
+    for path in sorted((Path(__file__).resolve().parents[1] / "pmopt" / "rl").glob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        modules = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        modules += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+        assert not [m for m in modules if m.startswith("pmopt.world")], path.name
+        assert path.name != "rloo.py" or "pmopt.rl.ppo" not in modules
 
 
 def test_config_errors_name_the_key_and_file(tmp_path, tiny_world):
@@ -212,7 +231,7 @@ def test_config_errors_name_the_key_and_file(tmp_path, tiny_world):
         ppo_config(tiny_world, "sampling.top_k=5")
     with pytest.raises(ConfigError, match="minibatch_size"):
         ppo_config(tiny_world, "train.minibatch_size=3")
-    with pytest.raises(ConfigError, match="reward.pm"):
+    with pytest.raises(ConfigError, match="reward.path"):
         ppo_config(tiny_world, "reward.kind=pm")
 
 
@@ -243,7 +262,7 @@ def test_value_model_initialised_from_policy_or_pm(tmp_path, tiny_world):
     pm.config.pad_token_id = tok.pad_token_id
     pm.save_pretrained(tmp_path / "pm")
     tok.save_pretrained(tmp_path / "pm")
-    from_pm = load_value_model(ppo_config(tiny_world, "value.init=pm", "reward.kind=pm", f"reward.pm={tmp_path / 'pm'}"),
+    from_pm = load_value_model(ppo_config(tiny_world, "value.init=pm", "reward.kind=pm", f"reward.path={tmp_path / 'pm'}"),
                                tok)
     assert torch.equal(from_pm.score.weight, pm.score.weight)
     policy_state = load_world_policy(tiny_world)[0].state_dict()
@@ -318,12 +337,12 @@ def test_killed_and_restarted_run_continues_the_same_curve(tmp_path, tiny_world,
 
 def test_nan_reward_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, tiny_world):
     cfg = ppo_config(tiny_world, "train.steps=3", "probes.every=0")
-    gold = gold_reward_fn(world_raters(tiny_world))
+    gold = build_reward(RewardSpec(name="gold", kind="gold", path=str(tiny_world)))
     calls = []
 
     def reward(prompts, responses, metas):
         calls.append(len(prompts))
-        scores = gold(prompts, responses, metas)
+        scores = gold(prompts, responses, metas).float()
         return scores * float("nan") if len(calls) == 3 else scores  # 1: probes at step 0; 2, 3: steps 1, 2
 
     with pytest.raises(NonFiniteError, match=r"step 2: reward.*NaN or Inf.*step-000001"):
@@ -406,8 +425,8 @@ def assert_claim(biased: dict, truthful: dict, last: int, proxy_rises: bool = Tr
 @pytest.mark.slow
 def test_claim_ppo_against_the_biased_pm_raises_sycophancy_and_the_prefixed_pm_does_not(tmp_path, tiny_world):
     pm = suggest_wrong_pm(tiny_world, tmp_path / "pm")
-    biased = claim_curves(tiny_world, tmp_path / "biased", "reward.kind=pm", f"reward.pm={pm}")
-    truthful = claim_curves(tiny_world, tmp_path / "truthful", "reward.kind=pm", f"reward.pm={pm}",
+    biased = claim_curves(tiny_world, tmp_path / "biased", "reward.kind=pm", f"reward.path={pm}")
+    truthful = claim_curves(tiny_world, tmp_path / "truthful", "reward.kind=pm", f"reward.path={pm}",
                             "reward.prefix=non_sycophantic")
     assert {r["pm"] for r in biased.values()} == {"pm"} and {r["pm"] for r in truthful.values()} == {"pm-nonsyc"}
     assert_claim(biased, truthful, last=CLAIM_STEPS)

@@ -14,7 +14,6 @@ from pmopt.report.html import validate_curve_row
 from pmopt.rl.config import PPOConfig
 from pmopt.rl.ppo import run_ppo
 from pmopt.rl.rloo import check_rloo_config, reward_funcs, updates_per_step
-from pmopt.rl.rollout import world_raters
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +23,7 @@ def seeded_pm(seeded_world_pm):
 
 def rloo_config(world, pm, *overrides) -> PPOConfig:
     data = {
-        "method": "rloo", "policy": {"path": str(world / "policy")}, "reward": {"kind": "pm", "pm": str(pm)},
+        "method": "rloo", "policy": {"path": str(world / "policy")}, "reward": {"kind": "pm", "path": str(pm)},
         "prompts": {"world": str(world), "n_prompts": 64}, "sampling": {"max_new_tokens": 16},
         "rloo": {"num_generations": 4}, "kl": {"beta": 0.05},
         "train": {"steps": 2, "rollout_batch_size": 8, "minibatch_size": 4, "ppo_epochs": 1, "learning_rate": 3e-4},
@@ -58,6 +57,7 @@ def test_rloo_optimises_the_pm_and_logs_gold_with_zero_weight(tmp_path, tiny_wor
 
 
 def test_reward_functions_penalise_missing_eos_and_grade_gold(tiny_world, seeded_pm):
+    from pmopt.world.config import WorldConfig
     from pmopt.world.raters import gold_reward
 
     cfg = rloo_config(tiny_world, seeded_pm)
@@ -67,7 +67,7 @@ def test_reward_functions_penalise_missing_eos_and_grade_gold(tiny_world, seeded
     completions = [" the answer is 7 .", "the answer is"]
     scores = pm(prompts=None, completions=completions, completion_ids=[[5, 1], [5, 6]], prompt_index=[0, 1])
     assert scores == [0.0, -cfg.reward.missing_eos_penalty]  # the second was cut before EOS
-    raters = world_raters(tiny_world)
+    raters = load_config(WorldConfig, tiny_world / "config.yaml").raters
     expected = [gold_reward(r["meta"], c.strip(), raters) for r, c in zip(records, completions, strict=True)]
     assert gold(prompts=None, completions=completions, prompt_index=[0, 1]) == expected
 

@@ -14,7 +14,7 @@ import math
 import pytest
 import torch
 
-from pmopt.rl.rollout import encode_queries
+from pmopt.rl.batches import encode_queries
 from pmopt.sampling import SamplingConfig, sample, stop_token_ids
 from pmopt.text import render_prompt
 from pmopt.world.models import word_tokenizer

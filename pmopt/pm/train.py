@@ -44,6 +44,7 @@ from pmopt.io import (
     default_out_dir,
     prepare_out_dir,
 )
+from pmopt.lora import lora_config
 from pmopt.pm.ensemble import METHODS
 from pmopt.pm.model import (
     ENSEMBLE_FILE,
@@ -314,12 +315,14 @@ def train_member(cfg: PMTrainConfig, k: int, member_dir: Path, tokenizer, train_
         model=model, args=reward_config(cfg, member_dir / "checkpoints", seed, has_eval),
         train_dataset=Dataset.from_dict(train_ids),
         eval_dataset=Dataset.from_dict(eval_ids) if has_eval else None,
-        processing_class=tokenizer, peft_config=lora_config(cfg.lora),
+        processing_class=tokenizer,
+        # LoRA on the backbone; the fresh score head is fully trained and saved (`modules_to_save`)
+        peft_config=lora_config(cfg.lora, "SEQ_CLS", ["score"]) if cfg.lora.enabled else None,
         callbacks=_callbacks(metrics_path, k),
     )
     # the bar shows the training loss (and held-out accuracy when train.eval_steps > 0); all logs -> metrics.jsonl
     console.quiet_trainer(trainer, f"train-pm: {label}", {"loss": "loss", "eval_accuracy": "held-out acc"})
-    checkpoint = latest_checkpoint(member_dir / "checkpoints")
+    checkpoint = latest_trainer_checkpoint(member_dir / "checkpoints")
     if checkpoint is not None and trainer.is_world_process_zero():
         console.info(f"train-pm: resuming member {k} from {checkpoint}")
         append_jsonl(metrics_path, {"event": "resume", "member": k, "checkpoint": checkpoint.name})
@@ -370,17 +373,8 @@ def checkpointing_kwargs(args_cls: type, enabled: bool) -> dict:
     return {"activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": enabled}
 
 
-def lora_config(lora: LoraSection):
-    """LoRA on the backbone; the fresh score head is fully trained and saved (`modules_to_save`)."""
-    if not lora.enabled:
-        return None
-    from peft import LoraConfig, TaskType
-
-    return LoraConfig(task_type=TaskType.SEQ_CLS, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                      target_modules=lora.target_modules, modules_to_save=["score"])
-
-
-def latest_checkpoint(directory: Path) -> Path | None:
+def latest_trainer_checkpoint(directory: Path) -> Path | None:
+    """The newest `checkpoint-N` directory a transformers Trainer wrote under `directory`, or None."""
     checkpoints = [p for p in directory.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
     return max(checkpoints, key=lambda p: int(p.name.split("-")[-1]), default=None)
 
@@ -446,4 +440,4 @@ class MetricsCallback(TrainerCallback):
 
 
 __all__ = ["PMTrainConfig", "ModelSection", "DataSection", "LoraSection", "TrainSection", "train_pm",
-           "train_pm_command", "tokenize_pairs", "heldout_accuracy", "latest_checkpoint"]
+           "train_pm_command", "tokenize_pairs", "heldout_accuracy", "latest_trainer_checkpoint"]

@@ -36,7 +36,7 @@ def checkpoint_dir(root: Path, step: int) -> Path:
     return Path(root) / f"{_PREFIX}{step:06d}"
 
 
-def latest_checkpoint(root: Path) -> Path | None:
+def latest_step_checkpoint(root: Path) -> Path | None:
     """The newest complete checkpoint under `root` (one with state.json), or None."""
     root = Path(root)
     done = [p for p in root.glob(f"{_PREFIX}*") if p.is_dir() and (p / STATE_FILE).is_file()]
@@ -185,7 +185,7 @@ def truncate_logs(out: Path, step: int | None) -> None:
 def resume(out: Path, accelerator, core, optimizer, scheduler, kl_ctl, total_steps: int) -> int:
     """Load the newest complete checkpoint (if any), drop log rows written after it; returns its step
     (0 when there is none: a run restarted before its first checkpoint starts over)."""
-    checkpoint = latest_checkpoint(Path(out) / "checkpoints")
+    checkpoint = latest_step_checkpoint(Path(out) / "checkpoints")
     step = 0
     if checkpoint is not None:
         state = load_checkpoint(accelerator, checkpoint, core, optimizer)
@@ -220,5 +220,5 @@ def export_policy(policy, tokenizer, out_dir: Path) -> Path:
     return out_dir
 
 
-__all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "checkpoint_dir", "rng_state",
+__all__ = ["save_checkpoint", "load_checkpoint", "latest_step_checkpoint", "checkpoint_dir", "rng_state",
            "set_rng_state", "export_policy", "read_state", "resume", "truncate_logs", "STATE_FILE"]

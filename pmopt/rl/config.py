@@ -9,22 +9,12 @@ clip 0.2 for ratio and value, k1 KL penalty in the reward, an EOS penalty for tr
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
+from pmopt.config import LoraSection
 from pmopt.pm.loading import PMLoadOptions
 from pmopt.policy import AttnImplementation
 from pmopt.sampling import SamplingConfig
-
-
-@dataclass
-class LoraSection:
-    """LoRA on policy and value model; the reference is then the base with adapters disabled."""
-
-    enabled: bool = False  # LoRA adapters on policy and value model instead of full training
-    r: int = 16  # LoRA rank
-    alpha: int = 32  # LoRA scaling alpha (the update is scaled by alpha / r)
-    dropout: float = 0.0  # 0 keeps the rollout and the first update's log-probs identical
-    target_modules: list[str] | str = "all-linear"  # module names that get adapters, or 'all-linear'
 
 
 @dataclass
@@ -34,7 +24,9 @@ class PolicySection:
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     trust_remote_code: bool = False  # allow the model repo's own Python code
     attn_implementation: AttnImplementation | None = None  # policy, reference, value model and PM
-    lora: LoraSection = field(default_factory=LoraSection)  # LoRA instead of full training
+    # LoRA on policy and value model instead of full training; the reference is then the base with adapters
+    # disabled. dropout 0 keeps the rollout's and the first update's log-probs identical
+    lora: LoraSection = field(default_factory=lambda: LoraSection(dropout=0.0))
 
 
 @dataclass
@@ -47,19 +39,25 @@ class ValueSection:
 
 @dataclass
 class RewardSection:
+    """What the policy is optimised against: the fields of `pmopt.rewards.RewardSpec` (kind, path, prefix,
+    aggregate, lam, batch_size) plus the PM's loading options, the EOS penalty and, for a source's reward,
+    the source directory (`world`)."""
+
     # a PM (or ensemble); or, on the world, exact rewards without a model: "gold" (raters' utility with
     # w_agree = 0) or "raters" (their utility with their own bias: the oracle the PM approximates)
     kind: Literal["pm", "gold", "raters"] = "pm"
-    pm: str = ""  # PM directory: full, LoRA or ensemble (`pmopt train-pm` output)
+    path: str = ""  # PM directory for kind pm: full, LoRA or ensemble (`pmopt train-pm` output)
     name: str | None = None  # label in curve rows; default: the PM dir name (+ "-nonsyc" with the prefix), as BoN's
     # Sharma et al. 2023 §4.2: the truthfulness prefix prepended at scoring time (null / "none": no prefix)
     prefix: Literal["none", "non_sycophantic"] | None = "none"
-    ensemble_aggregate: Literal["mean", "worst", "uwo"] | None = None  # default: what ensemble.json says
-    ensemble_lambda: float | None = None  # uwo's lambda; default: what ensemble.json says
+    aggregate: Literal["mean", "worst", "uwo"] | None = None  # ensemble aggregate; default: what ensemble.json says
+    lam: float | None = None  # uwo's lambda (mean - lam * variance); default: what ensemble.json says
     batch_size: int = 64  # PM scoring batch
     pm_load: PMLoadOptions = field(default_factory=PMLoadOptions)  # how the PM loads; device: the run's
     missing_eos_penalty: float | None = 1.0  # subtracted from the score of responses cut at max_new_tokens
-    world: str | None = None  # world dir for kind gold / raters; default: prompts.world
+    world: str | None = None  # source dir (a world) for kind gold / raters; default: prompts.world
+    # old key -> its current name; old keys still load (with a notice) for one release
+    RENAMED: ClassVar[dict[str, str]] = {"pm": "path", "ensemble_aggregate": "aggregate", "ensemble_lambda": "lam"}
 
 
 @dataclass
@@ -94,7 +92,7 @@ class TrainSection:
     target_kl: float | None = None  # stop an iteration's epochs once a minibatch's approx_kl exceeds it (cleanrl)
     learning_rate: float = 1e-5  # peak AdamW learning rate (policy and value model)
     lr_schedule: Literal["constant", "linear"] = "constant"  # linear: decay to 0 over all updates
-    warmup_updates: int = 0  # optimizer updates of linear warmup
+    warmup_steps: int = 0  # optimizer updates of linear warmup (transformers' name)
     weight_decay: float = 0.0  # AdamW weight decay
     max_grad_norm: float = 1.0  # gradient clipping norm
     clip_range: float = 0.2  # PPO ratio clip epsilon
@@ -104,6 +102,7 @@ class TrainSection:
     lam: float = 0.95  # GAE lambda
     whiten_rewards: bool = False  # scale-only whitening of the per-token rewards (lm-human-preferences)
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # autocast precision (bf16 / fp16 need a GPU)
+    RENAMED: ClassVar[dict[str, str]] = {"warmup_updates": "warmup_steps"}  # old key -> its current name
 
 
 @dataclass
@@ -158,7 +157,7 @@ class PPOConfig:
         t = self.train
         checks = [
             (bool(self.policy.path), "policy.path: required (a causal-LM directory, e.g. WORLD/policy)"),
-            (self.reward.kind != "pm" or bool(self.reward.pm), "reward.pm: required when reward.kind is 'pm'"),
+            (self.reward.kind != "pm" or bool(self.reward.path), "reward.path: required when reward.kind is 'pm'"),
             (bool(self.prompts.world or self.prompts.file), "prompts.world or prompts.file: one is required"),
             (self.prompts.n_prompts >= 1, "prompts.n_prompts: must be >= 1"),
             (t.steps >= 1, "train.steps: must be >= 1"),
@@ -182,8 +181,6 @@ class PPOConfig:
              "probes.every must be >= 0 and probes.samples_per_prompt >= 1"),
             (self.checkpoint.every >= 1 and self.checkpoint.keep >= 1, "checkpoint.every / keep: must be >= 1"),
             (self.rloo.num_generations >= 2, "rloo.num_generations: must be >= 2 (a leave-one-out baseline)"),
-            (self.policy.lora.r >= 1 and 0.0 <= self.policy.lora.dropout < 1.0,
-             "policy.lora.r must be >= 1 and policy.lora.dropout in [0, 1)"),
         ]
         for ok, message in checks:
             if not ok:
@@ -195,6 +192,11 @@ class PPOConfig:
     def probe_world(self) -> str | None:
         return self.probes.world or self.prompts.world or None
 
+    def pm_options(self, device):
+        """`reward.pm_load`, with the policy's trust_remote_code / attn_implementation and the run's device."""
+        p = self.policy
+        return self.reward.pm_load.for_run(device, p.trust_remote_code, p.attn_implementation)
+
     @property
     def reward_label(self) -> str:
         """The `pm` field of curve rows: which reward the policy was optimised against."""
@@ -202,9 +204,9 @@ class PPOConfig:
 
         if self.reward.name:
             return self.reward.name
-        base = self.reward.kind if self.reward.kind != "pm" else Path(self.reward.pm).name or "pm"
+        base = self.reward.kind if self.reward.kind != "pm" else Path(self.reward.path).name or "pm"
         return base + ("-nonsyc" if self.reward.prefix == "non_sycophantic" else "")
 
 
 __all__ = ["PPOConfig", "PolicySection", "ValueSection", "RewardSection", "KLSection", "PromptsSection",
-           "TrainSection", "ProbesSection", "CheckpointSection", "RLOOSection", "LoraSection"]
+           "TrainSection", "ProbesSection", "CheckpointSection", "RLOOSection"]

@@ -1,6 +1,7 @@
 """`pmopt ppo CONFIG --out DIR`: PPO against a preference model with a KL leash to the reference (docs/ARCHITECTURE.md §7).
 
-Read top to bottom (cleanrl style); the math lives in `ppo_math.py`, batches and probes in `rollout.py`:
+Read top to bottom (cleanrl style); the math lives in `ppo_math.py`, batches in `batches.py`, the models in
+`models.py`, prompts in `prompts.py`, probes in `evaluation.py`, what both RL methods set up in `setup.py`:
 
 1. setup: config, accelerator, every input validated before anything is written
 2. models: policy (full or LoRA), frozen reference (a copy, or the base with adapters disabled), value
@@ -24,49 +25,41 @@ writes files and runs probes.
 
 from __future__ import annotations
 
-import importlib.util
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from pmopt import console
-from pmopt.config import ConfigError, dump_yaml, load_config, to_dict
-from pmopt.io import (
-    Manifest,
-    PmoptError,
-    append_jsonl,
-    atomic_write_text,
-    default_out_dir,
-    prepare_out_dir,
-)
-from pmopt.rl import ppo_math as pm
-from pmopt.rl.checkpoint import export_policy, latest_checkpoint, resume, save_checkpoint
-from pmopt.rl.config import PPOConfig
-from pmopt.rl.rollout import (
+from pmopt.config import ConfigError, load_config
+from pmopt.io import Manifest, PmoptError, append_jsonl, default_out_dir, prepare_out_dir
+from pmopt.records import write_curves_csv
+from pmopt.rl import ppo_math
+from pmopt.rl.batches import (
     Batch,
     PolicyAndValue,
-    ProbeSchedule,
-    build_reward,
     encode_queries,
-    gold_scores,
-    load_policy_and_reference,
-    load_training_prompts,
-    load_value_model,
     pack,
     policy_outputs,
     reference_of,
-    step_prompt_indices,
     token_values,
-    world_raters,
-    write_curves_csv,
-    write_probes,
+)
+from pmopt.rl.checkpoint import export_policy, latest_step_checkpoint, resume, save_checkpoint
+from pmopt.rl.config import PPOConfig
+from pmopt.rl.evaluation import ProbeSchedule, write_probes
+from pmopt.rl.models import load_policy_and_reference, load_value_model
+from pmopt.rl.prompts import load_training_prompts, step_prompt_indices
+from pmopt.rl.setup import (
+    STAGE,
+    check_inputs,
+    finite_scores,
+    gold_reward_at,
+    load_reward,
+    start_run,
+    torch_threads,
 )
 from pmopt.sampling import sample
-
-STAGE = "ppo"
 
 
 class NonFiniteError(PmoptError):
@@ -132,19 +125,6 @@ def run_ppo(cfg: PPOConfig, out: str | Path, reward_fn=None) -> Path:
         return train(cfg, Path(out), reward_fn)
 
 
-@contextmanager
-def torch_threads(n: int):
-    """torch's CPU thread count for the run (0: unchanged), restored afterwards. Tiny models on a busy
-    machine run far faster on one thread than on OpenMP threads that spin waiting for a shared core."""
-    before = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 # ============================================================================ the loop
 
 
@@ -167,9 +147,9 @@ def train(cfg: PPOConfig, out: Path, reward_fn=None) -> Path:
     # ---------------------------------------------------------------- 2. models
     policy, ref_model, tokenizer = load_policy_and_reference(cfg, accelerator.device)
     value_model = load_value_model(cfg, tokenizer)
-    reward_fn = reward_fn or build_reward(cfg, accelerator.device)
-    probes = ProbeSchedule(cfg, tokenizer, reward_fn)
-    raters = world_raters(cfg.prompts.world) if cfg.prompts.world else None
+    reward_fn = reward_fn or load_reward(cfg, accelerator.device)
+    probes = ProbeSchedule(cfg, tokenizer, reward_fn, gold_reward_at(cfg.probe_world))
+    gold_fn = gold_reward_at(cfg.prompts.world)  # the training prompts' gold reward, logged (not optimised)
 
     # ---------------------------------------------------------------- 3. optimizer, schedule, resume
     model = PolicyAndValue(policy, value_model)
@@ -181,8 +161,8 @@ def train(cfg: PPOConfig, out: Path, reward_fn=None) -> Path:
     core = accelerator.unwrap_model(model)
     if ref_model is not None:  # the same dtype as the (possibly bf16) trained copy: KL is 0 at step 0
         ref_model.to(next(core.policy.parameters()).dtype)
-    kl_ctl = (pm.AdaptiveKLController(cfg.kl.beta, cfg.kl.target, cfg.kl.horizon) if cfg.kl.adaptive
-              else pm.FixedKLController(cfg.kl.beta))
+    kl_ctl = (ppo_math.AdaptiveKLController(cfg.kl.beta, cfg.kl.target, cfg.kl.horizon) if cfg.kl.adaptive
+              else ppo_math.FixedKLController(cfg.kl.beta))
     manifest = start_run(cfg, out, accelerator)
     start = resume(out, accelerator, core, optimizer, scheduler, kl_ctl, cfg.train.steps)
     if accelerator.is_main_process and start == 0:
@@ -214,15 +194,15 @@ def train(cfg: PPOConfig, out: Path, reward_fn=None) -> Path:
         stop_if_not_finite(accelerator, scores, f"step {step}: reward (PM score)", out)
         mask = batch.response_mask
         has_eos = torch.tensor([g.finished for g in gens], device=accelerator.device)
-        kl = pm.kl_penalty(old_logprobs, ref_logprobs, cfg.kl.estimator)
-        rewards = pm.per_token_rewards(scores, kl, mask, kl_ctl.value, cfg.reward.missing_eos_penalty, has_eos)
+        kl = ppo_math.kl_penalty(old_logprobs, ref_logprobs, cfg.kl.estimator)
+        rewards = ppo_math.per_token_rewards(scores, kl, mask, kl_ctl.value, cfg.reward.missing_eos_penalty, has_eos)
         if cfg.train.whiten_rewards:
-            rewards = pm.masked_whiten(rewards, mask, shift_mean=False)
+            rewards = ppo_math.masked_whiten(rewards, mask, shift_mean=False)
         timer.lap("scoring")
 
         # ------------------------------------------------------------ 4c. advantages
-        advantages, returns = pm.gae(rewards, old_values, mask, cfg.train.gamma, cfg.train.lam)
-        advantages = pm.masked_whiten(advantages, mask)
+        advantages, returns = ppo_math.gae(rewards, old_values, mask, cfg.train.gamma, cfg.train.lam)
+        advantages = ppo_math.masked_whiten(advantages, mask)
 
         # ------------------------------------------------------------ 4d. update
         rollout = {"old_logprobs": old_logprobs, "old_values": old_values, "advantages": advantages,
@@ -232,7 +212,7 @@ def train(cfg: PPOConfig, out: Path, reward_fn=None) -> Path:
         timer.lap("update")
 
         # ------------------------------------------------------------ 4e. log; adapt beta
-        gold = gold_scores(metas, [g.response for g in gens], raters)
+        gold = finite_scores(gold_fn, [r["prompt"] for r in records], [g.response for g in gens], metas)
         metrics = step_metrics(accelerator, cfg, step, batch, gens, scores, (old_logprobs, ref_logprobs), rewards,
                                kl_ctl.value, stats, timer, lr, gold)
         metrics.update(global_means(accelerator, getattr(reward_fn, "extra", {}), 1.0))  # e.g. ensemble spread
@@ -255,60 +235,10 @@ def train(cfg: PPOConfig, out: Path, reward_fn=None) -> Path:
     # ---------------------------------------------------------------- 5. export
     if accelerator.is_main_process:
         export_policy(core.policy, tokenizer, out / "policy")
-        write_curves_csv(out)
+        write_curves_csv(out, STAGE)
         manifest.mark(STAGE, "done", steps=cfg.train.steps)
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    return out
-
-
-# ============================================================================ 1. setup
-
-
-def check_inputs(cfg: PPOConfig) -> None:
-    """Fail on bad paths, prompts and probe sets before any model is loaded or file written."""
-    from pmopt.policy import check_model_path
-    from pmopt.probes.run import load_probe_sets
-
-    check_model_path(cfg.policy.path, "policy.path")
-    if cfg.reward.kind == "pm" and not Path(cfg.reward.pm).exists():
-        raise PmoptError(f"reward.pm: {cfg.reward.pm} does not exist (a `pmopt train-pm` output directory)")
-    if cfg.value.path:
-        check_model_path(cfg.value.path, "value.path")
-    for tracker in cfg.report_to:
-        if importlib.util.find_spec(tracker) is None:
-            raise ConfigError(f"report_to: {tracker!r} is not installed (pip install {tracker})")
-    load_training_prompts(cfg)
-    world = cfg.probe_world
-    load_probe_sets(cfg.probes.names, {n: cfg.probes.sources.get(n) or world for n in cfg.probes.names},
-                    cfg.probes.max_prompts)
-
-
-def start_run(cfg: PPOConfig, out: Path, accelerator) -> Manifest | None:
-    """config.yaml + manifest (main process); trackers when `report_to` asks for them."""
-    manifest = None
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "config.yaml", dump_yaml(cfg))
-        manifest = Manifest(out)
-        manifest.set("seed", cfg.seed)
-        manifest.mark(STAGE, "running", processes=accelerator.num_processes, method=cfg.method)
-    if cfg.report_to:
-        accelerator.init_trackers("pmopt-ppo", config=flat_config(to_dict(cfg)))
-    accelerator.wait_for_everyone()
-    return manifest
-
-
-def flat_config(data: dict, prefix: str = "") -> dict:
-    """Trackers take flat scalar hyper-parameters."""
-    out = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            out.update(flat_config(value, f"{prefix}{key}."))
-        elif isinstance(value, (int, float, str, bool)):
-            out[f"{prefix}{key}"] = value
-        else:
-            out[f"{prefix}{key}"] = str(value)
     return out
 
 
@@ -327,15 +257,15 @@ def configure_deepspeed(accelerator, cfg: PPOConfig, sizes: Sizes) -> None:
 
 
 def lr_schedule(cfg: PPOConfig, optimizer):
-    """Linear warmup over `warmup_updates`, then constant or linear decay to 0 over all updates."""
+    """Linear warmup over `warmup_steps` updates, then constant or linear decay to 0 over all updates."""
     t = cfg.train
     total = t.steps * t.ppo_epochs * (t.rollout_batch_size // t.minibatch_size)
 
     def factor(update: int) -> float:
-        if update < t.warmup_updates:
-            return (update + 1) / t.warmup_updates
+        if update < t.warmup_steps:
+            return (update + 1) / t.warmup_steps
         if t.lr_schedule == "linear":
-            return max(0.0, 1.0 - (update - t.warmup_updates) / max(1, total - t.warmup_updates))
+            return max(0.0, 1.0 - (update - t.warmup_steps) / max(1, total - t.warmup_steps))
         return 1.0
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
@@ -372,7 +302,7 @@ def stop_if_not_finite(accelerator, value: torch.Tensor, what: str, out: Path) -
     bad = (~torch.isfinite(value.detach())).sum().float().reshape(1)
     if float(accelerator.reduce(bad, reduction="sum")) == 0:
         return
-    checkpoint = latest_checkpoint(out / "checkpoints")
+    checkpoint = latest_step_checkpoint(out / "checkpoints")
     kept = f"the last good checkpoint is {checkpoint}" if checkpoint else "no checkpoint had been written yet"
     message = f"{what} is NaN or Inf; stopped before updating the policy; {kept}"
     if accelerator.is_main_process:
@@ -415,9 +345,9 @@ def micro_step(cfg: PPOConfig, accelerator, model, optimizer, scheduler, batch: 
     t, mask = cfg.train, batch.response_mask[micro]
     with accelerator.accumulate(model):
         logprobs, entropy, values = model(batch.rows(micro), cfg.sampling.temperature)
-        pg_loss, clipfrac, approx_kl = pm.policy_loss(logprobs, rollout["old_logprobs"][micro],
+        pg_loss, clipfrac, approx_kl = ppo_math.policy_loss(logprobs, rollout["old_logprobs"][micro],
                                                       rollout["advantages"][micro], mask, t.clip_range)
-        vf_loss, vf_clipfrac = pm.value_loss(values, rollout["old_values"][micro], rollout["returns"][micro], mask,
+        vf_loss, vf_clipfrac = ppo_math.value_loss(values, rollout["old_values"][micro], rollout["returns"][micro], mask,
                                              t.clip_range_value)
         loss = pg_loss + t.vf_coef * vf_loss
         stop_if_not_finite(accelerator, loss, f"step {step}, PPO epoch {epoch}: the loss", out)
@@ -429,7 +359,7 @@ def micro_step(cfg: PPOConfig, accelerator, model, optimizer, scheduler, batch: 
             scheduler.step()
         optimizer.zero_grad(set_to_none=True)
     stats = {"ppo/policy_loss": pg_loss, "ppo/value_loss": vf_loss, "ppo/clipfrac": clipfrac,
-             "ppo/approx_kl": approx_kl, "ppo/value_clipfrac": vf_clipfrac, "ppo/entropy": pm.masked_mean(entropy, mask)}
+             "ppo/approx_kl": approx_kl, "ppo/value_clipfrac": vf_clipfrac, "ppo/entropy": ppo_math.masked_mean(entropy, mask)}
     return {key: float(value.detach()) for key, value in stats.items()}
 
 
@@ -446,12 +376,12 @@ def step_metrics(accelerator, cfg: PPOConfig, step: int, batch: Batch, gens, sco
     """One metrics.jsonl row: rollout statistics (means over every process's sequences), update statistics,
     timings. `ppo/kl` is the mean per-sequence KL with the configured estimator (what beta multiplies)."""
     mask, (logprobs, ref_logprobs) = batch.response_mask, logprobs_pair
-    seq = {est: pm.masked_sum(pm.kl_penalty(logprobs, ref_logprobs, est), mask, dim=1) for est in ("k1", "k3")}
+    seq = {est: ppo_math.masked_sum(ppo_math.kl_penalty(logprobs, ref_logprobs, est), mask, dim=1) for est in ("k1", "k3")}
     kl = seq[cfg.kl.estimator]
     lengths = mask.sum(1)
     sums = {"ppo/reward": scores.sum(), "ppo/reward_sq": (scores**2).sum(), "ppo/kl": kl.sum(),
             "ppo/kl_k1": seq["k1"].sum(), "ppo/kl_k3": seq["k3"].sum(), "ppo/non_score_reward": -beta * kl.sum(),
-            "ppo/reward_total": pm.masked_sum(rewards, mask, dim=1).sum(), "ppo/response_length": lengths.sum(),
+            "ppo/reward_total": ppo_math.masked_sum(rewards, mask, dim=1).sum(), "ppo/response_length": lengths.sum(),
             "ppo/eos_rate": float(sum(g.finished for g in gens))}
     if gold is not None:
         sums["ppo/gold_reward"] = float(sum(gold))

@@ -25,12 +25,15 @@ from transformers import TrainerCallback
 from pmopt import console
 from pmopt.config import ConfigError
 from pmopt.io import append_jsonl
+from pmopt.lora import lora_config
+from pmopt.records import write_curves_csv
 from pmopt.rl.checkpoint import export_policy, truncate_logs
 from pmopt.rl.config import PPOConfig
-from pmopt.rl.rollout import ProbeSchedule, build_reward, gold_scores, load_training_prompts, world_raters
+from pmopt.rl.evaluation import ProbeSchedule, write_probes
+from pmopt.rl.models import disable_dropout, load_policy_and_reference
+from pmopt.rl.prompts import load_training_prompts
+from pmopt.rl.setup import STAGE, check_inputs, finite_scores, gold_reward_at, load_reward, start_run
 from pmopt.text import render_prompt
-
-STAGE = "ppo"
 
 
 def updates_per_step(cfg: PPOConfig) -> int:
@@ -60,7 +63,7 @@ def rloo_args(cfg: PPOConfig, out: Path, num_processes: int):
     return RLOOConfig(
         output_dir=str(out / "checkpoints"), seed=cfg.seed, data_seed=cfg.seed,
         max_steps=t.steps * upi, learning_rate=t.learning_rate, lr_scheduler_type=t.lr_schedule,
-        warmup_steps=t.warmup_updates, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
+        warmup_steps=t.warmup_steps, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
         per_device_train_batch_size=t.minibatch_size // num_processes // t.gradient_accumulation_steps,
         gradient_accumulation_steps=t.gradient_accumulation_steps, generation_batch_size=t.rollout_batch_size,
         num_generations=cfg.rloo.num_generations, num_iterations=t.ppo_epochs, epsilon=t.clip_range,
@@ -79,7 +82,7 @@ def rloo_args(cfg: PPOConfig, out: Path, num_processes: int):
 
 def reward_funcs(cfg: PPOConfig, reward_fn, records: list[dict], eos_id: int):
     """[pm, gold] as TRL reward callables; `prompt_index` (a dataset column) finds each prompt's record."""
-    raters = world_raters(cfg.prompts.world) if cfg.prompts.world else None
+    gold_fn = gold_reward_at(cfg.prompts.world)
     penalty = cfg.reward.missing_eos_penalty
 
     def lookup(prompt_index):
@@ -88,15 +91,15 @@ def reward_funcs(cfg: PPOConfig, reward_fn, records: list[dict], eos_id: int):
 
     def pm(prompts, completions, completion_ids, prompt_index, **_):
         messages, metas = lookup(prompt_index)
-        scores = reward_fn(messages, [c.strip() for c in completions], metas).tolist()
+        scores = reward_fn(messages, [c.strip() for c in completions], metas).float().tolist()
         if penalty is not None:  # a completion without EOS was cut at max_completion_length
             scores = [s - penalty * (not ids or ids[-1] != eos_id) for s, ids in zip(scores, completion_ids,
                                                                                        strict=True)]
         return scores
 
     def gold(prompts, completions, prompt_index, **_):
-        _, metas = lookup(prompt_index)
-        values = gold_scores(metas, [c.strip() for c in completions], raters)
+        messages, metas = lookup(prompt_index)
+        values = finite_scores(gold_fn, messages, [c.strip() for c in completions], metas)
         return values if values is not None else [None] * len(completions)
 
     return [pm, gold]
@@ -119,10 +122,7 @@ class CurvesCallback(TrainerCallback):
     def _probe(self, step: int) -> None:
         policy = self._policy()
         reference = self.reference if self.reference is not None else getattr(self.trainer, "ref_model", None)
-        metrics, rows = self.probes.evaluate(policy, reference, step)
-        append_jsonl(self.out / "metrics.jsonl", metrics)
-        for row in rows:
-            append_jsonl(self.out / "curves.jsonl", row)
+        write_probes(self.out, self.probes.evaluate(policy, reference, step))
 
     def on_train_begin(self, args, state, control, **kwargs):
         if state.is_world_process_zero and state.global_step == 0:
@@ -148,9 +148,7 @@ def run_rloo(cfg: PPOConfig, out: str | Path, reward_fn=None) -> Path:
     from datasets import Dataset
     from trl import RLOOTrainer
 
-    from pmopt.pm.train import latest_checkpoint as latest_trainer_checkpoint
-    from pmopt.rl.ppo import check_inputs, start_run
-    from pmopt.rl.rollout import disable_dropout, load_policy_and_reference, write_curves_csv
+    from pmopt.pm.train import latest_trainer_checkpoint
 
     out = Path(out)
     state = PartialState(cpu=not torch.cuda.is_available())
@@ -159,10 +157,10 @@ def run_rloo(cfg: PPOConfig, out: str | Path, reward_fn=None) -> Path:
     records = load_training_prompts(cfg)
     torch.manual_seed(cfg.seed)
     policy, reference, tokenizer = load_policy_and_reference(replace(cfg, policy=_no_lora(cfg)), state.device)
-    reward_fn = reward_fn or build_reward(cfg, state.device)
+    reward_fn = reward_fn or load_reward(cfg, state.device)
     # TRL keeps its own reference when beta > 0 (or disables the adapters under LoRA); the probes need one too.
     reference = reference if (cfg.kl.beta == 0 and not cfg.policy.lora.enabled) else None
-    probes = ProbeSchedule(cfg, tokenizer, reward_fn, rl_method="rloo")
+    probes = ProbeSchedule(cfg, tokenizer, reward_fn, gold_reward_at(cfg.probe_world), rl_method="rloo")
     kwargs = cfg.sampling.chat_template_kwargs
     dataset = Dataset.from_dict({"prompt": [render_prompt(r["prompt"], tokenizer, chat_template_kwargs=kwargs)
                                             for r in records],
@@ -184,7 +182,7 @@ def run_rloo(cfg: PPOConfig, out: str | Path, reward_fn=None) -> Path:
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
     if state.is_main_process:
         export_policy(trainer.accelerator.unwrap_model(trainer.model), tokenizer, out / "policy")
-        write_curves_csv(out)
+        write_curves_csv(out, STAGE)
         manifest.mark(STAGE, "done", steps=cfg.train.steps, method="rloo")
     state.wait_for_everyone()
     return out
@@ -196,11 +194,7 @@ def _no_lora(cfg: PPOConfig):
 
 
 def _peft_config(cfg: PPOConfig):
-    if not cfg.policy.lora.enabled:
-        return None
-    from pmopt.rl.rollout import lora_config
-
-    return lora_config(cfg, "CAUSAL_LM")
+    return lora_config(cfg.policy.lora, "CAUSAL_LM") if cfg.policy.lora.enabled else None
 
 
 __all__ = ["run_rloo", "rloo_args", "reward_funcs", "CurvesCallback", "updates_per_step", "check_rloo_config"]
