@@ -84,8 +84,42 @@ def load_config(cls: type[T], path: str | os.PathLike | None = None,
     `validate=False` the configs' own `validate()` checks (required paths, ranges) are skipped."""
     source = str(path) if path is not None else "<config>"
     raw = load_yaml(path) if path is not None else dict(data or {})
-    raw = apply_overrides(raw, overrides)
+    # old key names become current ones in the file and in --set alike, so an override of either name
+    # replaces the file's value instead of clashing with it
+    raw = renamed_tree(cls, raw, source)
+    raw = apply_overrides(raw, [current_key(cls, item) for item in overrides or []])
     return from_dict(cls, raw, source=source, validate=validate)
+
+
+def _section_type(hint: Any) -> type | None:
+    """The config dataclass a field's type hint holds (directly or as `X | None`), else None."""
+    if dataclasses.is_dataclass(hint):
+        return hint
+    if get_origin(hint) in (Union, types.UnionType):
+        return next((a for a in get_args(hint) if dataclasses.is_dataclass(a)), None)
+    return None
+
+
+def renamed_tree(cls: type, data: Any, source: str, prefix: str = "") -> Any:
+    """`data` with every section's old key names replaced by the current ones, recursively."""
+    if not isinstance(data, dict) or not dataclasses.is_dataclass(cls):
+        return data
+    data = renamed_keys(cls, data, source, prefix)
+    hints = get_type_hints(cls)
+    return {key: renamed_tree(_section_type(hints[key]), value, source, f"{prefix}{key}.")
+            if key in hints and _section_type(hints[key]) else value for key, value in data.items()}
+
+
+def current_key(cls: type, item: str) -> str:
+    """A `--set a.b=v` item with old key names along its path replaced by the current ones."""
+    key, sep, value = item.partition("=")
+    parts, section = key.strip().split("."), cls
+    for i, part in enumerate(parts):
+        if section is None or not dataclasses.is_dataclass(section):
+            break
+        parts[i] = getattr(section, "RENAMED", {}).get(part, part)
+        section = _section_type(get_type_hints(section).get(parts[i]))
+    return ".".join(parts) + sep + value if sep else item
 
 
 def renamed_keys(cls: type, data: dict, source: str, prefix: str) -> dict:

@@ -62,6 +62,8 @@ def field_help(cls: type) -> dict[str, str]:
     for stmt in node.body:
         if not (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)):
             continue
+        if "ClassVar" in ast.unparse(stmt.annotation):  # a class constant (RENAMED), not a config key
+            continue
         above = []
         line = stmt.lineno - 1
         while line in comments and comments[line][1]:  # consecutive full-line comments
