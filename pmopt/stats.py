@@ -83,7 +83,7 @@ def statistic_intervals(sums: np.ndarray, names: Sequence[str], combine: Callabl
     for b in range(n_boot):
         for metric, value in combine(dict(zip(names, totals[b].tolist(), strict=True))).items():
             draws.setdefault(metric, np.full(n_boot, math.nan))[b] = value
-    return {metric: tuple(float(v) for v in percentile_interval(column[:, None], level))
+    return {metric: tuple(float(v) for v in percentile_interval(column, level))
             for metric, column in draws.items()}
 
 
