@@ -9,10 +9,10 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from pmopt.bon import estimator
 from pmopt.bon.estimator import (
     bon_curve,
     bon_expectation,
+    bon_expectations,
     bon_probs,
     bon_weights,
     default_n_grid,
@@ -235,11 +235,29 @@ def test_bootstrap_matches_loop_reference():
 
 def test_bootstrap_independent_of_chunking(monkeypatch):
     """Identical results (bitwise) whether replicates are drawn in one chunk or many."""
+    from pmopt import stats
+
     rng = np.random.default_rng(6)
     scores, values = rng.normal(size=(50, 6)), rng.normal(size=(50, 6))
     whole = bon_curve(scores, values, [1, 2, 6], n_boot=333, seed=3)
-    monkeypatch.setattr(estimator, "_BOOT_CELLS_PER_CHUNK", 170)  # 1 replicate per chunk
+    monkeypatch.setattr(stats, "_CELLS_PER_CHUNK", 170)  # 1 replicate per chunk
     assert bon_curve(scores, values, [1, 2, 6], n_boot=333, seed=3) == whole
+
+
+def test_bootstrap_bitwise_equal_to_the_estimators_own_before_pmopt_stats():
+    """bon_curve's intervals come from `pmopt.stats` now; they are bit for bit those of the estimator's
+    former `bootstrap_means` (prompt index draws, numpy means of the gathered values), so best-of-n
+    curves written before keep their CIs."""
+    rng = np.random.default_rng(8)
+    scores, values = rng.normal(size=(37, 6)), rng.normal(size=(37, 6))
+    grid = [1, 2, 3, 6]
+    rows = bon_curve(scores, values, grid, n_boot=250, seed=11, ci=0.9)
+    per_prompt = bon_expectations(scores, values, grid)  # (G, P), as bon_curve computes it
+    draws = np.random.default_rng(11).integers(0, 37, size=(250, 37))
+    boot = per_prompt[:, draws].mean(axis=-1).T  # the former bootstrap_means, one chunk
+    low, high = np.quantile(boot, [0.05, 1 - 0.05], axis=0)
+    assert [r["ci_low"] for r in rows] == low.tolist()
+    assert [r["ci_high"] for r in rows] == high.tolist()
 
 
 def test_default_n_grid():

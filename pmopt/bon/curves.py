@@ -18,18 +18,14 @@ Every row's `kl` is the bound log n - (n-1)/n (Beirami et al. 2024), labelled `k
 
 from __future__ import annotations
 
-import csv
-import io
 import math
-from pathlib import Path
 
 import numpy as np
 
-from pmopt.bon.estimator import bon_curve, bon_expectations, bootstrap_means, kl_bound, support_bon_kl
-from pmopt.io import atomic_write_jsonl, atomic_write_text
-
-CURVES_JSONL, CURVES_CSV = "curves.jsonl", "curves.csv"
-CSV_COLUMNS = ("method", "pm", "n", "kl", "kl_kind", "metric", "value", "ci_low", "ci_high", "n_prompts")
+from pmopt.bon.estimator import bon_curve, bon_expectations, kl_bound, support_bon_kl
+from pmopt.records import bon_curve_row
+from pmopt.records import write_curves as write_curve_files
+from pmopt.stats import percentile_interval, resampled_means
 
 
 def curve_rows(plan, scores: dict[str, np.ndarray], grades: list[list[dict]], gold: np.ndarray | None,
@@ -98,8 +94,7 @@ def support_kl_rows(pm: str, samples, scores: np.ndarray, grid: list[int], n_boo
                     ci: float) -> list[dict]:
     """`kl/support` per n: mean over prompts of the exact KL on the sampled support, bootstrap CI."""
     kl, _ = support_bon_kl(samples.responses, samples.logprobs, scores, grid)
-    boot = bootstrap_means(kl, n_boot, seed)
-    low, high = np.quantile(boot, [(1 - ci) / 2, (1 + ci) / 2], axis=0)
+    low, high = percentile_interval(resampled_means(kl.T, n_boot, seed), ci)  # prompts are the clusters
     return [curve_row(pm, n, "kl/support", float(kl[g].mean()), low[g], high[g], kl.shape[1])
             for g, n in enumerate(grid)]
 
@@ -113,25 +108,14 @@ def support_mass(samples) -> float | None:
 
 
 def curve_row(pm: str, n: int, metric: str, value: float, low: float, high: float, n_prompts: int) -> dict:
-    return {"method": "bon", "pm": pm, "n": int(n), "kl": kl_bound(int(n)), "kl_kind": "bound", "metric": metric,
-            "value": float(value), "ci_low": _or_none(low), "ci_high": _or_none(high), "n_prompts": int(n_prompts)}
+    """A best-of-n row of `pmopt.records` (its x: n, its KL: the bound at n)."""
+    return bon_curve_row(pm, n, kl_bound(int(n)), metric, value, low, high, n_prompts)
 
 
-def _or_none(value) -> float | None:
-    return None if value is None or math.isnan(value) else float(value)
-
-
-def write_curves(out: str | Path, rows: list[dict]) -> None:
-    out = Path(out)
-    atomic_write_jsonl(out / CURVES_JSONL, rows)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: "" if row[k] is None else row[k] for k in CSV_COLUMNS})
-    atomic_write_text(out / CURVES_CSV, buffer.getvalue())
+def write_curves(out, rows: list[dict]) -> None:
+    """`pmopt.records.write_curves(out, rows, "bon")`, under the name `pmopt.multiseed` imports."""
+    write_curve_files(out, rows, "bon")
 
 
 __all__ = ["curve_rows", "expected_outcomes", "probe_rows", "scalar_rows", "support_kl_rows", "support_mass",
-           "curve_row", "write_curves",
-           "CSV_COLUMNS"]
+           "curve_row", "write_curves"]

@@ -27,9 +27,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-# Bootstrap replicates are drawn in chunks so the gathered (G, chunk, P) array stays small (about 4M
-# float64 = 32 MB) however many prompts there are. Chunking changes neither the draws nor the means.
-_BOOT_CELLS_PER_CHUNK = 4_000_000
+from pmopt.stats import percentile_interval, resampled_means
+
 # Base probabilities must sum to 1 within this tolerance (they are renormalised afterwards).
 _PROB_SUM_TOL = 1e-6
 
@@ -115,9 +114,8 @@ def bon_curve(scores, values, n_grid: Sequence[int], n_boot: int = 1000, seed: i
         raise ValueError("every prompt is masked out: nothing to average")
     per_prompt = _expectations(scores, values, mask, grid)[:, mask]  # (G, P_kept)
     means = per_prompt.mean(axis=1)
-    boot = bootstrap_means(per_prompt, n_boot, seed)  # (n_boot, G)
-    alpha = (1.0 - ci) / 2.0
-    low, high = np.quantile(boot, [alpha, 1.0 - alpha], axis=0)
+    # prompts are the clusters: (n_boot, G) means of the same prompt resamples for every n (pmopt.stats)
+    low, high = percentile_interval(resampled_means(per_prompt.T, n_boot, seed), ci)
     return [
         {"n": n, "mean": float(means[g]), "ci_low": float(low[g]), "ci_high": float(high[g]),
          "kl_bound": kl_bound(n), "n_prompts": int(per_prompt.shape[1])}
@@ -148,23 +146,6 @@ def _expectations(scores: np.ndarray, values: np.ndarray, mask: np.ndarray, grid
     weights = np.stack([bon_weights(N, n) for n in grid])  # (G, N)
     out = weights @ sorted_values.T
     out[:, ~mask] = np.nan
-    return out
-
-
-def bootstrap_means(per_prompt: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
-    """(n_boot, G) means of prompt resamples (with replacement), the same resamples for every n.
-
-    The means are plain numpy reductions over gathered values, not BLAS products, so the result is
-    bitwise identical whatever the thread count or chunk size (docs/ARCHITECTURE.md §9: same seed, same curves).
-    """
-    rng = np.random.default_rng(seed)
-    G, P = per_prompt.shape
-    chunk = max(1, _BOOT_CELLS_PER_CHUNK // (G * P))
-    out = np.empty((n_boot, G))
-    for start in range(0, n_boot, chunk):
-        b = min(chunk, n_boot - start)
-        draws = rng.integers(0, P, size=(b, P))
-        out[start:start + b] = per_prompt[:, draws].mean(axis=-1).T  # (G, b, P) -> (b, G)
     return out
 
 
