@@ -143,15 +143,18 @@ def test_bootstrap_equals_recomputing_metrics_on_resampled_clusters():
     records, outcomes = random_answer_data(7)
     n_boot, seed = 200, 3
     result = bootstrap_metrics(probe, records, outcomes, n_boot, seed)
-    # brute force: the same cluster counts, records repeated, the probe's own metrics recomputed
-    _, sums = cluster_sums(probe, records, outcomes)
-    counts = np.random.default_rng(seed).multinomial(7, np.full(7, 1 / 7), size=n_boot)
+    # brute force: the same cluster draws (pmopt.stats: C indices per resample), records repeated, the
+    # probe's own metrics recomputed
+    clusters = np.random.default_rng(seed).integers(0, 7, size=(n_boot, 7))
     draws = []
-    for row in counts:
-        idx = [q * 4 + t for q, c in enumerate(row) for _ in range(c) for t in range(4)]
+    for row in clusters:
+        idx = [q * 4 + t for q in row for t in range(4)]
         draws.append(probe.metrics([records[i] for i in idx], [outcomes[i] for i in idx]))
+    names, sums = cluster_sums(probe, records, outcomes)  # the point estimate is combine of the totals
+    assert probe.combine(dict(zip(names, sums.sum(axis=0), strict=True))) == pytest.approx(
+        probe.metrics(records, outcomes))
     for key, (value, low, high) in result.items():
-        assert value == pytest.approx(probe.metrics(records, outcomes)[key])
+        assert value == probe.metrics(records, outcomes)[key]
         lo, hi = np.quantile([d[key] for d in draws], [0.025, 0.975])
         assert (low, high) == pytest.approx((lo, hi))
         assert low <= value <= high
