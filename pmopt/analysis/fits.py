@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from pmopt.io import PmoptError, atomic_write_json, atomic_write_text, read_jsonl
+from pmopt.records import validate_curve_row
 
 Z_95 = 1.959963984540054  # a 95% interval spans ±1.96 σ of a normal
 MIN_POINTS = 3  # points with KL > 0: two would fit any curve exactly and say nothing about the form
@@ -254,8 +255,6 @@ def fit_rows(rows: list[dict], cfg: FitConfig) -> tuple[list[dict], list[dict]]:
 
 def load_run_curves(run_dir: str | Path) -> list[dict]:
     """The run's curve rows (`bon/curves.jsonl`, `ppo/curves.jsonl`, or a stage's own `curves.jsonl`)."""
-    from pmopt.report.html import validate_curve_row
-
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise PmoptError(f"{run_dir}: run directory not found")

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pmopt.io import PmoptError, atomic_write_text, prepare_out_dir, read_json_file, read_jsonl
+from pmopt.records import validate_curve_row
 from pmopt.report.key_result import check_claims, key_sentences
 from pmopt.report.plots import plot_all, plot_fits, plot_headline
 from pmopt.report.pm_legend import LegendRow, legend_rows
@@ -129,35 +130,6 @@ def load_curves(run_dir: str | Path) -> list[dict]:
     if not rows:
         raise PmoptError(f"{run_dir}: curve files are empty: {', '.join(map(str, present))}")
     return rows
-
-
-def validate_curve_row(record: dict, error) -> None:
-    """Curve row: {method: bon|ppo, pm, n (bon) | step (ppo), kl, metric, value, ci_low, ci_high}.
-
-    `kl`, `ci_low` and `ci_high` may be null (no KL estimate / no interval); `value` must be a number.
-    """
-    method = record.get("method")
-    if method not in X_KEY:
-        raise error("method", f"expected 'bon' or 'ppo', got {method!r}")
-    for field in ("pm", "metric"):
-        if not isinstance(record.get(field), str) or not record[field]:
-            raise error(field, "expected a non-empty string")
-    x_key = X_KEY[method]
-    x = record.get(x_key)
-    lowest = 1 if method == "bon" else 0
-    if isinstance(x, bool) or not isinstance(x, int) or x < lowest:
-        raise error(x_key, f"expected an integer >= {lowest} for a {method} row, got {x!r}")
-    if not _is_number(record.get("value")):
-        raise error("value", f"expected a number, got {record.get('value')!r}")
-    for field in ("kl", "ci_low", "ci_high"):
-        if field not in record:
-            raise error(field, "missing (use null when there is no value)")
-        if record[field] is not None and not _is_number(record[field]):
-            raise error(field, f"expected a number or null, got {record[field]!r}")
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _read_json_dict(path: Path) -> dict:
