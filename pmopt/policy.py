@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, get_args
 
+from pmopt.hub import looks_like_hub_id
 from pmopt.io import PmoptError
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
-DTYPES = {"auto": "auto", "float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+# The dtypes a model (policy or PM) may be loaded in, by torch's names; "auto" keeps the checkpoint's own.
+DTYPES = ("float32", "bfloat16", "float16")
 # The attention kernels transformers accepts as `attn_implementation`; None keeps its default (sdpa where the
 # architecture supports it). flash_attention_* need the flash-attn package and a GPU.
 AttnImplementation = Literal["sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention"]
@@ -25,9 +27,18 @@ def attn_kwargs(attn_implementation: str | None) -> dict:
     return {"attn_implementation": attn_implementation}
 
 
-def looks_like_hub_id(name: str) -> bool:
-    """'org/name' with no local file behind it: the hub-loading path (needs network)."""
-    return name.count("/") == 1 and not name.startswith((".", "/", "~")) and not Path(name).exists()
+def resolve_dtype(dtype, default="auto"):
+    """A dtype as `from_pretrained` takes it: a name in DTYPES -> the torch dtype, "auto" and torch dtypes
+    as they are, None -> `default` (a policy: "auto"; `pmopt.pm.loading` gives PMs float32)."""
+    if dtype is None:
+        dtype = default
+    if not isinstance(dtype, str) or dtype == "auto":
+        return dtype
+    if dtype not in DTYPES:
+        raise PmoptError(f"unknown dtype {dtype!r} (expected auto, {', '.join(DTYPES)})")
+    import torch
+
+    return getattr(torch, dtype)
 
 
 def check_model_path(path: str | Path, what: str = "model") -> None:
@@ -36,7 +47,7 @@ def check_model_path(path: str | Path, what: str = "model") -> None:
         if Path(path_str).exists() and not (Path(path_str) / "config.json").is_file():
             raise PmoptError(f"{path_str}: {what} directory has no config.json (not a saved HF model)")
         return
-    raise PmoptError(f"{path_str}: {what} path does not exist (and is not an 'org/name' hub id)")
+    raise PmoptError(f"{path_str}: {what} path does not exist (and is not a hub id such as 'org/name')")
 
 
 def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
@@ -61,7 +72,7 @@ def load_policy(path: str | Path, dtype: str | None = None, device: str | None =
     check_model_path(path, "policy")
     tokenizer = load_tokenizer(path, trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(
-        str(path), dtype=DTYPES.get(dtype or "auto", "auto"), trust_remote_code=trust_remote_code, **attention,
+        str(path), dtype=resolve_dtype(dtype), trust_remote_code=trust_remote_code, **attention,
     )
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return model.to(device).eval(), tokenizer

@@ -19,19 +19,15 @@ from __future__ import annotations
 
 import os
 import random
-import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from pmopt.hub import looks_like_hub_id  # noqa: F401 (re-exported: callers import it from here)
 from pmopt.io import PmoptError, RecordError, iter_jsonl
 from pmopt.records import check_text, validate_pair
 from pmopt.text import response_text
 
 ASSISTANT_MARKER = "\n\nAssistant:"
-# A hub id is "name" or "owner/name" made of word characters, dots and dashes (no path separators
-# beyond the one slash, no file suffix): anything else that does not exist locally is a missing file.
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
-_FILE_SUFFIXES = (".jsonl", ".json", ".gz", ".jsonl.gz")
 
 ErrorFn = Callable[[str | None, str], Exception]
 
@@ -47,10 +43,6 @@ def load_pairs(source: str | os.PathLike, split: str | None = None) -> list[dict
     if looks_like_hub_id(str(source)):
         return _load_hub(str(source), split or "train")
     raise RecordError(path, None, None, "file not found (and not a hub dataset id)")
-
-
-def looks_like_hub_id(name: str) -> bool:
-    return bool(_HUB_ID.match(name)) and not name.endswith(_FILE_SUFFIXES)
 
 
 def _split_file(directory: Path, split: str) -> Path:

@@ -29,10 +29,10 @@ from typing import Literal
 import torch
 
 from pmopt.io import PmoptError
-from pmopt.policy import AttnImplementation, attn_kwargs
+from pmopt.policy import DTYPES, AttnImplementation, attn_kwargs
+from pmopt.policy import resolve_dtype as resolve_model_dtype
 
 DEFAULT_NUM_LABELS = 2  # transformers' PretrainedConfig default, implied when a config omits id2label
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Weight files transformers looks for, in its order of preference (safetensors first).
 WEIGHT_FILES = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json",
                 "pytorch_model.bin")
@@ -82,13 +82,7 @@ class PMLoadOptions:
 
 def resolve_dtype(dtype) -> torch.dtype | str:
     """None -> float32 (scores are compared across PMs and runs); "auto" -> the checkpoint's dtype."""
-    if dtype is None:
-        return torch.float32
-    if isinstance(dtype, torch.dtype) or dtype == "auto":
-        return dtype
-    if dtype not in DTYPES:
-        raise PmoptError(f"unknown dtype {dtype!r} (expected auto, {', '.join(DTYPES)})")
-    return DTYPES[dtype]
+    return resolve_model_dtype(dtype, default=torch.float32)
 
 
 # ---------------------------------------------------------------------- the config
