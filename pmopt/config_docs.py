@@ -54,7 +54,19 @@ class KeyDoc:
 
 @functools.cache
 def field_help(cls: type) -> dict[str, str]:
-    """Field name -> its help: the full-line comments right above the field, then its trailing comment."""
+    """Field name -> its help: the full-line comments right above the field, then its trailing comment.
+
+    An inherited field has the help of the dataclass that declares it (a subclass that redeclares a
+    field with a comment overrides it), so a config may be a subclass of a shared spec
+    (`pmopt.bon.sweep.PMEntry` is a `pmopt.rewards.RewardSpec`)."""
+    helps: dict[str, str] = {}
+    for base in reversed(cls.__mro__):
+        if base is not object and dataclasses.is_dataclass(base):
+            helps.update({name: text for name, text in _own_field_help(base).items() if text or name not in helps})
+    return helps
+
+
+def _own_field_help(cls: type) -> dict[str, str]:
     source = textwrap.dedent(inspect.getsource(cls))
     comments = _comments_by_line(source)
     node = ast.parse(source).body[0]

@@ -131,6 +131,12 @@ def register_kind(kind: str, builder: Builder) -> Builder:
     return builder
 
 
+def registered_kinds() -> tuple[str, ...]:
+    """The kinds with a builder of their own (the PM kinds and any added with `register_kind`); any
+    other kind is the reward of a data source at `spec.path`."""
+    return tuple(_KINDS)
+
+
 def _build_pm(spec: RewardSpec, options) -> Reward:
     from pmopt.pm.model import PreferenceModel
 
@@ -158,5 +164,5 @@ def build_reward(spec: RewardSpec, options=None) -> Reward:
     return builder(spec, options)
 
 
-__all__ = ["RewardSpec", "Reward", "PMReward", "SourceReward", "register_kind", "build_reward", "source_reward",
-           "PM_KINDS", "AGGREGATES"]
+__all__ = ["RewardSpec", "Reward", "PMReward", "SourceReward", "register_kind", "registered_kinds", "build_reward",
+           "source_reward", "PM_KINDS", "AGGREGATES"]
