@@ -20,7 +20,7 @@ from pmopt.bon.sweep import BonConfig, plan_sweep, run_bon
 from pmopt.config import ConfigError, load_config
 from pmopt.io import PmoptError, read_jsonl
 from pmopt.pm.model import PreferenceModel
-from pmopt.report.html import validate_curve_row
+from pmopt.records import validate_curve_row
 
 N_MAX = 4
 PROMPTS_PER_PROBE = 4  # 16 prompts in 4 shards of 5, 5, 5, 1
@@ -138,14 +138,16 @@ def test_probe_metrics_match_brute_force(finished, tiny_world, pms):
 
 
 def test_pm_score_and_gold_reward(finished, tiny_world, pms):
+    from pmopt.world.config import WorldConfig
     from pmopt.world.raters import gold_reward
 
     plan = plan_sweep(make_cfg(tiny_world, pms))
+    raters = load_config(WorldConfig, tiny_world / "config.yaml").raters
     proxy = np.array([r["score"] for r in read_jsonl(finished / "scores" / "proxy.jsonl")]).reshape(-1, N_MAX)
     gold = np.array([r["score"] for r in read_jsonl(finished / "scores" / "gold.jsonl")]).reshape(-1, N_MAX)
     samples = [row for k in range(4) for row in read_jsonl(finished / "samples" / f"shard-{k:05d}.jsonl")]
     by_id = {r["id"]: r for r in plan.records}
-    recomputed = [gold_reward(by_id[s["prompt_id"]]["meta"], s["response"], plan.raters) for s in samples]
+    recomputed = [gold_reward(by_id[s["prompt_id"]]["meta"], s["response"], raters) for s in samples]
     assert gold.ravel().tolist() == pytest.approx(recomputed)
     rows = curves(finished)
     assert value(rows, "proxy", "pm/score", 1) == pytest.approx(proxy.mean())
@@ -236,6 +238,42 @@ def test_ensemble_members_scored_once_for_every_aggregate(finished, tiny_world, 
     for name, expected in want.items():
         got = [r["score"] for r in read_jsonl(out / "scores" / f"{name}.jsonl")]
         assert got == pytest.approx(expected.tolist(), abs=1e-6)
+
+
+def test_any_reward_kind_needs_no_change_in_bon(finished, tiny_world, pms, monkeypatch, tmp_path):
+    """Entries are `pmopt.rewards` specs: another reward of the world (its raters' own utility) and a kind
+    registered with `register_kind` are scored and curved like any PM."""
+    import shutil
+
+    import torch
+
+    from pmopt import rewards
+    from pmopt.world.config import WorldConfig
+    from pmopt.world.raters import features, utility
+
+    class Length(rewards.Reward):
+        def __init__(self, spec, options):
+            self.name, self.extra = spec.name, {}
+
+        def __call__(self, prompts, responses, metas):
+            return torch.tensor([float(len(r)) for r in responses])
+
+    monkeypatch.setitem(rewards._KINDS, "length", Length)  # register_kind, undone after the test
+    out = tmp_path / "sweep"
+    shutil.copytree(finished, out)
+    monkeypatch.setattr(shards_module, "sample", lambda *a, **k: pytest.fail("generation was called"))
+    run_bon(make_cfg(tiny_world, pms, [{"name": "raters", "kind": "raters"}, {"name": "len", "kind": "length"}]), out)
+    samples = [row for k in range(4) for row in read_jsonl(finished / "samples" / f"shard-{k:05d}.jsonl")]
+    by_id = {r["id"]: r for r in plan_sweep(make_cfg(tiny_world, pms)).records}
+    raters = load_config(WorldConfig, tiny_world / "config.yaml").raters
+    want = [utility(raters, features(by_id[s["prompt_id"]]["meta"], s["response"])) for s in samples]
+    assert [r["score"] for r in read_jsonl(out / "scores" / "raters.jsonl")] == want  # float64, exact
+    assert [r["score"] for r in read_jsonl(out / "scores" / "len.jsonl")] == [float(len(s["response"])) for s in samples]
+    assert json.loads((out / "scores" / "raters.json").read_text())["path"] is None  # the world by default
+    rows = curves(out)
+    assert {"raters", "len"} <= {r["pm"] for r in rows}
+    lengths = np.array([len(s["response"]) for s in samples], dtype=float).reshape(-1, N_MAX)
+    assert value(rows, "len", "pm/score", N_MAX) == pytest.approx(lengths.max(axis=1).mean())
 
 
 def test_reusing_a_pm_name_for_another_pm_is_an_error(finished, tiny_world, pms, tmp_path):
@@ -381,6 +419,14 @@ def test_nan_score_is_an_error_naming_pm_and_sample(finished, tiny_world, pms, m
       "pms": [{"name": "g", "kind": "gold"}]}, "kind gold needs world"),
     ({"pms": [{"name": "p", "path": "/nonexistent/pm"}]}, "pms.p: path /nonexistent/pm does not exist"),
     ({"pms": [{"name": "p", "path": "WORLD", "kind": "ensemble"}]}, "has no ensemble.json"),
+    ({"pms": [{"name": "p", "kind": "bogus"}]}, r"pms.p: unknown kind 'bogus': not a PM kind .* nor a reward of the "
+                                               r"source 'world' .*\(it has: gold, raters\)"),
+    ({"pms": [{"name": "g", "kind": "gold", "prefix": "non_sycophantic"}]}, "pms.g: kind gold takes no prefix"),
+    ({"pms": [{"name": "p", "path": "WORLD", "kind": "prefixed", "prefix": "nice"}]},
+     r"pms.p: prefix 'nice': expected one of \['non_sycophantic'\]"),
+    ({"pms": [{"name": "p", "path": "WORLD", "kind": "ensemble", "aggregate": "median"}]},
+     "pms.p: aggregate must be one of"),
+    ({"world": "WORLD/probes", "policy": "WORLD/policy"}, "world: .*probes is not a source directory"),
 ])
 def test_bad_config_fails_before_anything_is_written(tiny_world, pms, tmp_path, change, message):
     out = tmp_path / "never"
@@ -435,6 +481,17 @@ def test_sycophancy_eval_file_without_world(tiny_world, pms, shared_data, tmp_pa
     assert {"probe/answer/accuracy/plain", "probe/answer/syco_rate", "pm/score"} <= metrics
     assert not any(m.startswith("gold/") for m in metrics)
     assert len(read_jsonl(tmp_path / "grades.jsonl")) == 4 * 2
+
+
+def test_a_source_reward_scores_its_own_prompts_only(tiny_world, pms, shared_data, tmp_path):
+    """kind gold is the world's reward: prompts of another source (here SycophancyEval's) are refused
+    before anything is written."""
+    source = shared_data / "sycophancy-eval" / "answer.sample.jsonl"
+    cfg = make_cfg(tiny_world, pms, [{"name": "gold", "kind": "gold"}], probes=["answer"],
+                   probe_sources={"answer": str(source)})
+    with pytest.raises(PmoptError, match=r"kind gold scores world prompts only \(meta.source is "):
+        run_bon(cfg, tmp_path / "never")
+    assert not (tmp_path / "never").exists()
 
 
 def test_shipped_configs_load():

@@ -6,56 +6,35 @@ path, prefix, aggregate); a later config that reuses the name for another PM is 
 reuse. A score file without that sidecar (scores computed outside pmopt) is accepted once its rows
 check out.
 
-PM kinds (Sharma et al. 2023 §4; Coste et al. 2023 for ensembles):
+Every entry is a `pmopt.rewards.RewardSpec`, scored by the `Reward` that `build_reward` makes of it
+(Sharma et al. 2023 §4; Coste et al. 2023 for ensembles):
 - pm        `PreferenceModel.load(path).score(prompts, responses)`;
 - prefixed  the same with the non-sycophantic prefix (or the entry's own prefix messages);
-- ensemble  member scores (K, B) are computed once per (ensemble dir, prefix) and cached in
-            `scores/members/`; each entry aggregates them (mean, worst, mean - lam * variance);
-- gold      the world's gold reward (rater utility with w_agree = 0), no model.
+- ensemble  member scores (K, B) (`Reward.members`) are computed once per (ensemble dir, prefix) and
+            cached in `scores/members/`; each entry aggregates them (mean, worst, mean - lam * variance);
+- a data source's reward, no model (kind gold: the world's gold reward, rater utility with w_agree = 0);
+- any kind added with `pmopt.rewards.register_kind`.
 NaN or infinite scores are an error naming the PM and the sample.
 """
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import json
-import math
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from pmopt import console
 from pmopt.io import PmoptError, RecordError, atomic_write_json, atomic_write_jsonl, iter_jsonl
-from pmopt.records import check_text, validate_score
+from pmopt.records import validate_score
+from pmopt.rewards import RewardSpec, build_reward
 
 SCORES_DIR = "scores"
 MEMBERS_DIR = "members"
-PREFIX_NAMES = ("non_sycophantic",)
 # PMs are called on this many batches at a time, so the progress bar moves; the PM sorts by length
 # within a call, so a larger chunk only trims padding a little further.
 _BATCHES_PER_CALL = 32
-
-
-def resolve_prefix(entry) -> list[dict] | None:
-    """An entry's prefix as messages: 'non_sycophantic' is Sharma et al.'s truthfulness request."""
-    from pmopt.pm.model import NON_SYCOPHANTIC_PREFIX
-
-    prefix = entry.prefix
-    if prefix is None:
-        return list(NON_SYCOPHANTIC_PREFIX) if entry.kind == "prefixed" else None
-    if isinstance(prefix, str):
-        if prefix not in PREFIX_NAMES:
-            raise PmoptError(f"pms.{entry.name}: prefix {prefix!r}: expected one of {list(PREFIX_NAMES)} or a "
-                             "list of {role, content} messages")
-        return list(NON_SYCOPHANTIC_PREFIX)
-
-    def error(field, message):
-        return PmoptError(f"pms.{entry.name}: {field}: {message}")
-
-    check_text(prefix, "prefix", error)
-    return prefix
 
 
 def identity(entry, prefix: list[dict] | None) -> dict:
@@ -64,11 +43,12 @@ def identity(entry, prefix: list[dict] | None) -> dict:
             "lam": entry.lam}
 
 
-def loading_identity(entry, options) -> dict:
+def loading_identity(entry, plan) -> dict:
     """The `pm_load` options that change a PM's scores, only where they differ from the defaults, so
-    score files written before these options existed stay valid."""
-    if entry.kind == "gold":
+    score files written before these options existed stay valid; none for a data source's reward."""
+    if entry.name in plan.sourced:
         return {}
+    options = plan.cfg.pm_load
     changed = {"dtype": options.dtype != "float32", "max_length": options.max_length is not None,
                "chat_template_kwargs": options.chat_template_kwargs is not None}
     return {f"pm_load.{key}": getattr(options, key) for key, differs in changed.items() if differs}
@@ -77,16 +57,16 @@ def loading_identity(entry, options) -> dict:
 # ----------------------------------------------------------------------------- the cache
 
 
-def load_or_score(out: str | Path, entry, plan, samples, device=None, gold: np.ndarray | None = None) -> np.ndarray:
+def load_or_score(out: str | Path, entry, plan, samples, device=None) -> np.ndarray:
     """(P, N) scores of `entry`: read from `scores/<name>.jsonl` if present, else computed and written."""
     out = Path(out)
     path, sidecar = out / SCORES_DIR / f"{entry.name}.jsonl", out / SCORES_DIR / f"{entry.name}.json"
-    ident = {**identity(entry, plan.prefixes[entry.name]), **loading_identity(entry, plan.cfg.pm_load),
+    ident = {**identity(entry, plan.prefixes[entry.name]), **loading_identity(entry, plan),
              "samples": plan.samples_key()}
     if path.is_file():
         _check_sidecar(sidecar, ident, entry.name)
         return read_scores(path, samples, entry.name)
-    scores = compute_scores(out, entry, plan, samples, device, gold)
+    scores = compute_scores(out, entry, plan, samples, device)
     atomic_write_json(sidecar, ident)
     atomic_write_jsonl(path, score_rows(samples, scores, entry.name))
     return scores
@@ -132,14 +112,16 @@ def read_scores(path: Path, samples, name: str) -> np.ndarray:
 # ----------------------------------------------------------------------------- computing
 
 
-def compute_scores(out: Path, entry, plan, samples, device, gold: np.ndarray | None) -> np.ndarray:
-    if entry.kind == "gold":
-        return gold
-    prefix = plan.prefixes[entry.name]
+def compute_scores(out: Path, entry, plan, samples, device) -> np.ndarray:
+    reward = plan.rewards[entry.name]
+    if entry.name in plan.sourced:
+        scores = source_scores(reward, plan, samples)
+        check_finite(scores, samples, f"PM '{entry.name}' (kind {reward.kind} of {reward.path})")
+        return scores
     if entry.kind == "ensemble":
         from pmopt.pm.ensemble import aggregate, read_ensemble_spec
 
-        members = member_scores(out, entry, plan, samples, device, prefix)  # (K, P, N)
+        members = member_scores(out, entry, plan, samples, device, plan.prefixes[entry.name])  # (K, P, N)
         spec = read_ensemble_spec(Path(entry.path))
         method = entry.aggregate or spec.get("aggregate", "mean")
         lam = entry.lam if entry.lam is not None else float(spec.get("uwo_lambda", 0.0))
@@ -149,7 +131,7 @@ def compute_scores(out: Path, entry, plan, samples, device, gold: np.ndarray | N
         scores = aggregate(flat, method, lam).numpy().reshape(members.shape[1:])
         check_finite(scores, samples, f"PM '{entry.name}' ({method} of {entry.path})")
         return scores
-    scores = _score_with_pm(entry, plan, samples, device, prefix, members=False)[0]
+    scores = _score_with_reward(reward, plan, samples, device, members=False)[0]
     check_finite(scores, samples, f"PM '{entry.name}' ({entry.path})")
     return scores
 
@@ -157,13 +139,13 @@ def compute_scores(out: Path, entry, plan, samples, device, gold: np.ndarray | N
 def member_scores(out: Path, entry, plan, samples, device, prefix) -> np.ndarray:
     """(K, P, N) ensemble member scores, cached per (ensemble dir, prefix) for every entry that shares it."""
     what = [str(Path(entry.path).resolve()), prefix, plan.samples_key()]
-    if loading_identity(entry, plan.cfg.pm_load):
-        what.append(loading_identity(entry, plan.cfg.pm_load))
+    if loading_identity(entry, plan):
+        what.append(loading_identity(entry, plan))
     key = hashlib.sha256(json.dumps(what).encode()).hexdigest()[:12]
     path = out / SCORES_DIR / MEMBERS_DIR / f"{Path(entry.path).name}-{key}.jsonl"
     if path.is_file():
         return _read_members(path, samples)
-    scores = _score_with_pm(entry, plan, samples, device, prefix, members=True)
+    scores = _score_with_reward(plan.rewards[entry.name], plan, samples, device, members=True)
     for k, member in enumerate(scores):
         check_finite(member, samples, f"PM '{entry.name}' member {k} ({entry.path})")
     atomic_write_jsonl(path, [{"prompt_id": pid, "sample_idx": j, "scores": [float(s) for s in scores[:, i, j]]}
@@ -182,17 +164,23 @@ def _read_members(path: Path, samples) -> np.ndarray:
     return scores
 
 
+def _triples(plan, samples) -> list[tuple]:
+    """(prompt, response, meta) of every sample, in sweep order (prompt by prompt, sample by sample)."""
+    return [(plan.records[i]["prompt"], response, plan.records[i].get("meta", {}))
+            for i, row in enumerate(samples.responses) for response in row]
+
+
 def _score_all(score_fn, plan, samples, batch_size: int, label: str) -> np.ndarray:
-    """(K, P, N) from `score_fn(prompts, responses) -> (B,) or (K, B)`, called on chunks of the samples."""
-    pairs = [(plan.records[i]["prompt"], response) for i, row in enumerate(samples.responses) for response in row]
+    """(K, P, N) from `score_fn(prompts, responses, metas) -> (B,) or (K, B)`, called on chunks of the samples."""
+    triples = _triples(plan, samples)
     chunk = batch_size * _BATCHES_PER_CALL
     parts = []
-    bar = console.bar(total=len(pairs), desc=f"bon: score with {label}", unit="sample")
+    bar = console.bar(total=len(triples), desc=f"bon: score with {label}", unit="sample")
     total, done = 0.0, 0
-    for start in range(0, len(pairs), chunk):
-        prompts, responses = zip(*pairs[start:start + chunk], strict=True)
+    for start in range(0, len(triples), chunk):
+        prompts, responses, metas = zip(*triples[start:start + chunk], strict=True)
         try:
-            scores = score_fn(list(prompts), list(responses))
+            scores = score_fn(list(prompts), list(responses), list(metas))
         except PmoptError as exc:  # the PM numbers records within this chunk: say where the chunk starts
             p, j = divmod(start, samples.n)
             raise PmoptError(f"PM '{label}': {exc} (records counted from sample {j} of prompt "
@@ -214,45 +202,39 @@ def check_finite(scores: np.ndarray, samples, what: str) -> None:
                          f"(response {samples.responses[i][j]!r}); {len(bad)} non-finite scores in all")
 
 
-def _score_with_pm(entry, plan, samples, device, prefix, members: bool) -> np.ndarray:
-    """(K, P, N): load the PM, score everything, and drop it (one PM resident at a time).
+def _score_with_reward(spec: RewardSpec, plan, samples, device, members: bool) -> np.ndarray:
+    """(K, P, N): build the reward (load the PM), score everything, and drop it (one PM resident at a time).
 
-    K = 1 for a single PM; an ensemble's `score_members` gives all K members' scores.
+    K = 1 for a single PM; an ensemble's `Reward.members` gives all K members' scores.
     """
-    import torch
-
-    from pmopt.pm.model import PreferenceModel
-
     cfg = plan.cfg
-    pm = PreferenceModel.load(entry.path, cfg.pm_load.for_run(device, cfg.trust_remote_code, cfg.attn_implementation))
-    fn = partial(pm.score_members if members else pm.score, prefix=prefix, batch_size=entry.batch_size)
+    reward = build_reward(spec, cfg.pm_load.for_run(device, cfg.trust_remote_code, cfg.attn_implementation))
     try:
-        scores = _score_all(fn, plan, samples, entry.batch_size, f"{entry.name}{' members' if members else ''}")
+        scores = _score_all(reward.members if members else reward, plan, samples, spec.batch_size,
+                            f"{spec.name}{' members' if members else ''}")
         if cfg.pm_load.max_length is not None:
-            print(f"pmopt bon: PM '{entry.name}': {pm.n_truncated} scored sequences truncated to "
-                  f"pm_load.max_length={cfg.pm_load.max_length} tokens")
+            print(f"pmopt bon: PM '{spec.name}': {getattr(reward, 'n_truncated', 0)} scored sequences truncated "
+                  f"to pm_load.max_length={cfg.pm_load.max_length} tokens")
         return scores
     finally:
-        del pm, fn
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        reward.close()
 
 
-# ----------------------------------------------------------------------------- gold
+# ----------------------------------------------------------------------------- a data source's rewards
+
+
+def source_scores(spec: RewardSpec, plan, samples) -> np.ndarray:
+    """(P, N) float64 scores of a data source's reward (no model); NaN for another source's prompts."""
+    prompts, responses, metas = zip(*_triples(plan, samples), strict=True)
+    scores = build_reward(spec)(list(prompts), list(responses), list(metas))
+    return scores.detach().cpu().double().numpy().reshape(len(samples.responses), samples.n)
 
 
 def gold_rewards(plan, samples) -> np.ndarray:
-    """(P, N) gold reward (Gao et al. 2022's gold RM: the raters' utility with w_agree = 0);
-    NaN for prompts that are not from the world."""
-    from pmopt.world.raters import gold_reward
-
-    gold = np.full((len(samples.responses), samples.n), math.nan)
-    for i, (record, row) in enumerate(zip(plan.records, samples.responses, strict=True)):
-        if record.get("meta", {}).get("source") == "world":
-            gold[i] = [gold_reward(record["meta"], response, plan.raters) for response in row]
-    return gold
+    """(P, N) gold reward of the source at `world` (Gao et al. 2022's gold RM; the world's: the raters'
+    utility with w_agree = 0); NaN for prompts of another source."""
+    return source_scores(plan.gold, plan, samples)
 
 
-__all__ = ["resolve_prefix", "load_or_score", "read_scores", "score_rows", "compute_scores", "member_scores",
-           "check_finite", "gold_rewards", "SCORES_DIR"]
+__all__ = ["load_or_score", "read_scores", "score_rows", "compute_scores", "member_scores", "check_finite",
+           "source_scores", "gold_rewards", "SCORES_DIR"]

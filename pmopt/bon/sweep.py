@@ -30,11 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from pmopt import console
-from pmopt.bon.curves import curve_rows, support_mass, write_curves
+from pmopt import console, sources
+from pmopt.bon.curves import curve_rows, support_mass
 from pmopt.bon.estimator import default_n_grid
 from pmopt.bon.grades import load_or_grade
-from pmopt.bon.scoring import gold_rewards, load_or_score, resolve_prefix
+from pmopt.bon.scoring import gold_rewards, load_or_score
 from pmopt.bon.shards import (
     check_samples_meta,
     generate_shards,
@@ -47,7 +47,10 @@ from pmopt.config import ConfigError, dump_yaml, load_config, to_dict
 from pmopt.io import Manifest, PmoptError, atomic_write_text, default_out_dir, prepare_out_dir
 from pmopt.pm.loading import PMLoadOptions
 from pmopt.policy import AttnImplementation
+from pmopt.records import write_curves
+from pmopt.rewards import AGGREGATES, PM_KINDS, RewardSpec, registered_kinds
 from pmopt.sampling import SamplingConfig
+from pmopt.sources import OpenSource
 
 DEFAULT_PROBES = ("answer", "feedback", "mimicry", "truthfulness")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a PM name is a file name: scores/<name>.jsonl
@@ -56,28 +59,26 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a PM name is a file name:
 
 
 @dataclass
-class PMEntry:
-    """One PM the samples are scored with; `name` labels its curves and its score file."""
+class PMEntry(RewardSpec):
+    """One reward the samples are scored with: a `pmopt.rewards.RewardSpec`, its fields read from `pms[]`.
+
+    `kind` is a PM kind (pm, prefixed, ensemble), a kind added with `pmopt.rewards.register_kind`, or a
+    reward of the data source at `path` (default: `world`), such as the world's gold reward.
+    """
 
     name: str = ""  # label of its curves and of scores/<name>.jsonl (letters, digits, _ - .)
-    path: str | None = None  # PM dir (full / LoRA / ensemble) or hub id; unused for kind gold
-    # a PM, the PM with a prefix, an ensemble aggregate, or the world's gold reward
-    kind: Literal["pm", "prefixed", "ensemble", "gold"] = "pm"
-    aggregate: Literal["mean", "worst", "uwo"] | None = None  # ensemble; default: what ensemble.json records
-    lam: float | None = None  # uwo: mean - lam * variance; default: ensemble.json's uwo_lambda
-    prefix: str | list[dict] | None = None  # "non_sycophantic" or messages; kind prefixed defaults to the former
-    batch_size: int = 32  # sequences per PM forward pass
 
     def validate(self) -> None:
         if not _NAME.match(self.name):
             raise ValueError(f"pms: name {self.name!r} must be letters, digits, '_', '-', '.' (it names a file)")
-        if self.kind == "gold":
-            if self.path or self.prefix is not None or self.aggregate is not None:
-                raise ValueError(f"pms.{self.name}: kind gold takes no path, prefix or aggregate")
-        elif not self.path:
+        if not isinstance(self.kind, str) or not self.kind:
+            raise ValueError(f"pms.{self.name}: kind must be a non-empty string")
+        if self.kind in PM_KINDS and not self.path:
             raise ValueError(f"pms.{self.name}: path is required for kind {self.kind}")
         if self.kind != "ensemble" and (self.aggregate is not None or self.lam is not None):
             raise ValueError(f"pms.{self.name}: aggregate / lam apply to kind ensemble only")
+        if self.aggregate is not None and self.aggregate not in AGGREGATES:
+            raise ValueError(f"pms.{self.name}: aggregate must be one of {list(AGGREGATES)}, got {self.aggregate!r}")
         if self.lam is not None and self.lam < 0:
             raise ValueError(f"pms.{self.name}: lam must be >= 0")
         if self.batch_size < 1:
@@ -87,7 +88,7 @@ class PMEntry:
 @dataclass
 class BonConfig:
     policy: str | None = None  # HF causal LM dir or hub id; default WORLD/policy
-    world: str | None = None  # a `pmopt world` dir: default probe source, and the gold reward
+    world: str | None = None  # a `pmopt world` dir (a data source): default probe source, and the gold reward
     # probe sets whose prompts are sampled (are_you_sure and MC1 need `pmopt probe`)
     probes: list[str] = field(default_factory=lambda: list(DEFAULT_PROBES))
     probe_sources: dict[str, str] = field(default_factory=dict)  # probe -> file or dir (default: world)
@@ -129,8 +130,10 @@ class BonConfig:
         names = [pm.name for pm in self.pms]
         if len(set(names)) != len(names):
             raise ValueError(f"pms: names must be unique, got {names}")
-        if any(pm.kind == "gold" for pm in self.pms) and not self.world:
-            raise ValueError("pms: kind gold needs world (the gold reward is the world's)")
+        for pm in self.pms:
+            if pm.kind not in registered_kinds() and not pm.path and not self.world:
+                raise ValueError(f"pms.{pm.name}: kind {pm.kind} needs world (or a path): it is a reward of the "
+                                 "data source there, such as the world's gold reward")
         checks = [(self.shard_size >= 1, "shard_size must be >= 1"), (self.n_boot >= 1, "n_boot must be >= 1"),
                   (0.0 < self.ci < 1.0, "ci must be in (0, 1)"),
                   (self.max_prompts_per_probe is None or self.max_prompts_per_probe >= 1,
@@ -158,8 +161,11 @@ class SweepPlan:
     records: list[dict]  # prompt records of every probe, in config order
     probe_of: list[str]  # the probe of each record
     probes: dict  # name -> Probe
-    raters: object | None  # the world's RatersConfig (gold reward), or None
+    source: OpenSource | None  # the data source at `world` (its gold reward), or None
     prefixes: dict[str, list[dict] | None]  # PM name -> resolved prefix messages
+    rewards: dict[str, RewardSpec]  # PM name -> what `pmopt.rewards.build_reward` builds for it
+    sourced: frozenset[str]  # names of the entries that are a data source's reward (no model)
+    gold: RewardSpec | None  # the source's gold reward, for the `gold/reward` curves (None without one)
 
     @property
     def grid(self) -> list[int]:
@@ -188,13 +194,13 @@ def sampling_identity(sampling: SamplingConfig) -> dict:
 
 
 def plan_sweep(cfg: BonConfig) -> SweepPlan:
-    """Check paths, load probe sets and the world's raters; errors name the file and field."""
+    """Check paths, load probe sets and open the data source at `world`; errors name the file and field."""
     from pmopt.policy import check_model_path
     from pmopt.probes.registry import get_probe
 
     _validate(cfg)
     check_model_path(cfg.policy_path(), "policy")
-    raters = _world_raters(cfg.world) if cfg.world else None
+    source = sources.open_path(cfg.world, "world") if cfg.world else None
     probes = {name: get_probe(name) for name in cfg.probes}
     records, probe_of = [], []
     for name, probe in probes.items():
@@ -211,13 +217,19 @@ def plan_sweep(cfg: BonConfig) -> SweepPlan:
         probe_of += [name] * len(loaded)
     _check_unique_ids(records, probe_of)
     _check_judge(cfg, probes, records, probe_of)
-    prefixes = {}
+    prefixes, specs, sourced = {}, {}, set()
     for entry in cfg.pms:
-        _check_pm_path(entry)
-        prefixes[entry.name] = resolve_prefix(entry)
-    if any(entry.kind == "gold" for entry in cfg.pms):
-        _check_gold_applies(records)
-    return SweepPlan(cfg, records, probe_of, probes, raters, prefixes)
+        specs[entry.name] = entry
+        if entry.kind in PM_KINDS:
+            _check_pm_path(entry)
+        elif entry.kind not in registered_kinds():  # a data source's own reward, e.g. the world's gold
+            specs[entry.name] = _source_reward_spec(entry, source, records)
+            sourced.add(entry.name)
+        prefixes[entry.name] = _resolved_prefix(entry)
+    gold = None
+    if source is not None and "gold" in source.reward_kinds():
+        gold = RewardSpec("gold", "gold", path=str(cfg.world))
+    return SweepPlan(cfg, records, probe_of, probes, source, prefixes, specs, frozenset(sourced), gold)
 
 
 def _validate(cfg: BonConfig) -> None:
@@ -241,15 +253,6 @@ def _check_judge(cfg: BonConfig, probes: dict, records: list[dict], probe_of: li
         check_model_path(cfg.judge, "judge")
 
 
-def _world_raters(world: str):
-    from pmopt.world.config import WorldConfig
-
-    path = Path(world)
-    if not (path / "config.yaml").is_file():
-        raise PmoptError(f"world: {path} is not a world directory (no config.yaml; build one with `pmopt world`)")
-    return load_config(WorldConfig, path / "config.yaml").raters
-
-
 def _check_unique_ids(records: list[dict], probe_of: list[str]) -> None:
     seen: dict[str, str] = {}
     for record, probe in zip(records, probe_of, strict=True):
@@ -259,11 +262,16 @@ def _check_unique_ids(records: list[dict], probe_of: list[str]) -> None:
         seen[record["id"]] = probe
 
 
-def _check_pm_path(entry: PMEntry) -> None:
-    from pmopt.data.preferences import looks_like_hub_id
+def _resolved_prefix(entry: PMEntry) -> list[dict] | None:
+    try:
+        return entry.resolved_prefix()
+    except PmoptError as exc:  # RewardSpec names the entry; the config key is pms.<name>
+        raise PmoptError(f"pms.{exc}") from None
 
-    if entry.kind == "gold":
-        return
+
+def _check_pm_path(entry: PMEntry) -> None:
+    from pmopt.hub import looks_like_hub_id
+
     path = Path(entry.path)
     if not path.exists() and not looks_like_hub_id(entry.path):
         raise PmoptError(f"pms.{entry.name}: path {entry.path} does not exist (and is not a hub id)")
@@ -271,11 +279,23 @@ def _check_pm_path(entry: PMEntry) -> None:
         raise PmoptError(f"pms.{entry.name}: {path} has no ensemble.json (kind ensemble needs an ensemble dir)")
 
 
-def _check_gold_applies(records: list[dict]) -> None:
+def _source_reward_spec(entry: PMEntry, default: OpenSource | None, records: list[dict]) -> RewardSpec:
+    """The spec of a data source's reward (path: the source dir, default `world`), checked against the
+    source's reward kinds and the prompts: it scores only that source's own records."""
+    source = sources.open_path(entry.path, f"pms.{entry.name}.path") if entry.path else default
+    if source is None:  # BonConfig.validate requires world or a path
+        raise PmoptError(f"pms.{entry.name}: kind {entry.kind} needs world (or a path)")
+    if entry.kind not in source.reward_kinds():
+        raise PmoptError(f"pms.{entry.name}: unknown kind {entry.kind!r}: not a PM kind ({', '.join(PM_KINDS)}) "
+                         f"nor a reward of the source '{source.source.name}' at {source.path} (it has: "
+                         f"{', '.join(source.reward_kinds()) or 'none'})")
+    if entry.prefix is not None:
+        raise PmoptError(f"pms.{entry.name}: kind {entry.kind} takes no prefix (it is not a PM)")
     for record in records:
-        if record.get("meta", {}).get("source") != "world":
-            raise PmoptError(f"prompt '{record['id']}': kind gold scores world prompts only (meta.source is "
-                             f"{record.get('meta', {}).get('source')!r})")
+        if record.get("meta", {}).get("source") != source.source.name:
+            raise PmoptError(f"prompt '{record['id']}': kind {entry.kind} scores {source.source.name} prompts "
+                             f"only (meta.source is {record.get('meta', {}).get('source')!r})")
+    return RewardSpec(entry.name, entry.kind, path=str(source.path), batch_size=entry.batch_size)
 
 
 # ============================================================================ 3. the sweep
@@ -324,13 +344,13 @@ def _finish(out: Path, plan: SweepPlan, device) -> Path:
     samples = read_samples(out, plan.records, plan.cfg)
     grades = load_or_grade(out, plan, samples, _judge(plan.cfg, device))
     _mark(out, "grades")
-    gold = gold_rewards(plan, samples) if plan.raters is not None else None
+    gold = gold_rewards(plan, samples) if plan.gold is not None else None
     scores = {}
     for entry in plan.cfg.pms:
-        scores[entry.name] = load_or_score(out, entry, plan, samples, device, gold)
+        scores[entry.name] = load_or_score(out, entry, plan, samples, device)
         _mark(out, f"scores/{entry.name}")
     rows = curve_rows(plan, scores, grades, gold, samples)
-    write_curves(out, rows)
+    write_curves(out, rows, "bon")
     _mark(out, "curves", rows=len(rows), support_mass=support_mass(samples))
     Manifest(out).mark("bon", "done")
     console.info(f"bon: {len(plan.records)} prompts x {plan.cfg.n_max} samples, {len(scores)} PMs, "
