@@ -9,7 +9,8 @@ same resamples for every n and every PM (one seed), so curves can be compared po
 
 Besides the probe metrics, every PM gets
 - `pm/score`: the expected score, under that PM, of the sample best-of-n selects (all prompts);
-- `gold/reward`: on world prompts, the expected gold reward of that selection (Gao et al. 2022).
+- `gold/reward`: on the prompts of the source at `world` that has a gold reward (the synthetic world's),
+  the expected gold reward of that selection (Gao et al. 2022).
 - `kl/support`: KL(BoN_n || base) computed exactly on each prompt's sampled outputs, whose base
   probabilities the sampler recorded (`estimator.support_bon_kl`, docs/ARCHITECTURE.md §6 "where the world makes it
   exact"), averaged over prompts; the share of base mass the samples cover is in the manifest.
@@ -44,9 +45,9 @@ def curve_rows(plan, scores: dict[str, np.ndarray], grades: list[list[dict]], go
                                [grades[i] for i in index], grid, cfg.n_boot, cfg.seed, cfg.ci)
         rows += scalar_rows(pm, "pm/score", pm_scores, pm_scores, None, grid, cfg.n_boot, cfg.seed, cfg.ci)
         if gold is not None:
-            world = ~np.isnan(gold).any(axis=1)
-            if world.any():
-                rows += scalar_rows(pm, "gold/reward", pm_scores, gold, world, grid, cfg.n_boot, cfg.seed, cfg.ci)
+            scored = ~np.isnan(gold).any(axis=1)  # the prompts of the source whose gold reward it is
+            if scored.any():
+                rows += scalar_rows(pm, "gold/reward", pm_scores, gold, scored, grid, cfg.n_boot, cfg.seed, cfg.ci)
     return rows
 
 
