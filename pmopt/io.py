@@ -239,6 +239,20 @@ def default_out_dir(command: str, root: str | os.PathLike = "checkpoints") -> Pa
     return Path(root) / f"{command}-{stamp}"
 
 
+def agreed_out_dir(out: str | os.PathLike | None, command: str, process_state=None) -> Path:
+    """`--out`, or checkpoints/<command>-<time> chosen by rank 0 and sent to every process of a
+    distributed launch (each process would otherwise stamp its own time). `process_state` is a zero-argument
+    callable giving the command's accelerate state; it is called only when `--out` is not given."""
+    if out is not None:
+        return Path(out)
+    chosen = [str(default_out_dir(command))]
+    if process_state is not None and process_state().num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        broadcast_object_list(chosen, from_process=0)
+    return Path(chosen[0])
+
+
 def prepare_out_dir(out: str | os.PathLike | None, command: str) -> Path:
     """Create and lock a command's output directory; call it before any heavy work.
 

@@ -44,7 +44,7 @@ from pmopt.bon.shards import (
     write_samples_meta,
 )
 from pmopt.config import ConfigError, dump_yaml, load_config, to_dict
-from pmopt.io import Manifest, PmoptError, atomic_write_text, default_out_dir, prepare_out_dir
+from pmopt.io import Manifest, PmoptError, agreed_out_dir, atomic_write_text, prepare_out_dir
 from pmopt.pm.loading import PMLoadOptions
 from pmopt.policy import AttnImplementation
 from pmopt.records import write_curves
@@ -393,19 +393,7 @@ def bon_command(args) -> Path:
         raise PmoptError("pmopt bon needs a CONFIG (e.g. configs/bon/world.yaml)")
     cfg = load_config(BonConfig, args.config, args.overrides)
     state = process_state()
-    return run_bon(cfg, prepare_out_dir(_out_dir(args.out, state), "bon"), accelerator=state)
-
-
-def _out_dir(out: str | None, state) -> Path:
-    """`--out` or checkpoints/bon-<time>; every process of a distributed launch agrees on it."""
-    if out is not None:
-        return Path(out)
-    chosen = [str(default_out_dir("bon"))]
-    if state.num_processes > 1:
-        from accelerate.utils import broadcast_object_list
-
-        broadcast_object_list(chosen, from_process=0)
-    return Path(chosen[0])
+    return run_bon(cfg, prepare_out_dir(agreed_out_dir(args.out, "bon", lambda: state), "bon"), accelerator=state)
 
 
 __all__ = ["BonConfig", "PMEntry", "SweepPlan", "plan_sweep", "run_bon", "bon_command", "process_state"]

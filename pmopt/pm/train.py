@@ -38,10 +38,10 @@ from pmopt.config import ConfigError, LoraSection, dump_yaml, load_config
 from pmopt.data.preferences import check_pairs, load_pairs, looks_like_hub_id, pair_source, split_pairs
 from pmopt.io import (
     PmoptError,
+    agreed_out_dir,
     append_jsonl,
     atomic_write_json,
     atomic_write_text,
-    default_out_dir,
     prepare_out_dir,
 )
 from pmopt.lora import lora_config
@@ -144,7 +144,7 @@ class PMTrainConfig:
 def train_pm_command(args) -> Path:
     """`pmopt train-pm CONFIG [--set k=v] [--out DIR]`."""
     cfg = load_config(PMTrainConfig, args.config, args.overrides)
-    return train_pm(cfg, prepare_out_dir(resolve_out(args.out), "train-pm"))
+    return train_pm(cfg, prepare_out_dir(agreed_out_dir(args.out, "train-pm", _process_state), "train-pm"))
 
 
 def train_pm(cfg: PMTrainConfig, out: str | Path, pairs: list[dict] | None = None,
@@ -191,17 +191,10 @@ def use_cpu() -> bool:
     return not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
 
 
-def resolve_out(out: str | None) -> Path:
-    """`--out` or checkpoints/train-pm-<time>; every process of a distributed launch agrees on it."""
-    if out is not None:
-        return Path(out)
+def _process_state():
     from accelerate import PartialState
-    from accelerate.utils import broadcast_object_list
 
-    chosen = [str(default_out_dir("train-pm"))]
-    if PartialState(cpu=use_cpu()).num_processes > 1:
-        broadcast_object_list(chosen, from_process=0)
-    return Path(chosen[0])
+    return PartialState(cpu=use_cpu())
 
 
 def _validate_config(cfg: PMTrainConfig) -> None:

@@ -33,7 +33,7 @@ import torch
 
 from pmopt import console
 from pmopt.config import ConfigError, load_config
-from pmopt.io import Manifest, PmoptError, append_jsonl, default_out_dir, prepare_out_dir
+from pmopt.io import Manifest, PmoptError, agreed_out_dir, append_jsonl, prepare_out_dir
 from pmopt.records import write_curves_csv
 from pmopt.rl import ppo_math
 from pmopt.rl.batches import (
@@ -96,20 +96,13 @@ def ppo_command(args) -> Path:
     if args.config is None:
         raise PmoptError("pmopt ppo needs a CONFIG (e.g. configs/ppo/world.yaml)")
     cfg = load_config(PPOConfig, args.config, args.overrides)
-    return run_ppo(cfg, prepare_out_dir(resolve_out(args.out), STAGE))
+    return run_ppo(cfg, prepare_out_dir(agreed_out_dir(args.out, STAGE, _process_state), STAGE))
 
 
-def resolve_out(out: str | None) -> Path:
-    """`--out` or checkpoints/ppo-<time>; every process of a distributed launch agrees on it."""
-    if out is not None:
-        return Path(out)
+def _process_state():
     from accelerate import PartialState
-    from accelerate.utils import broadcast_object_list
 
-    chosen = [str(default_out_dir(STAGE))]
-    if PartialState(cpu=not torch.cuda.is_available()).num_processes > 1:
-        broadcast_object_list(chosen, from_process=0)
-    return Path(chosen[0])
+    return PartialState(cpu=not torch.cuda.is_available())
 
 
 def run_ppo(cfg: PPOConfig, out: str | Path, reward_fn=None) -> Path:
