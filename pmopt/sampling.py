@@ -63,23 +63,35 @@ def _uniforms(seed: int, key: str, sample_idx: int, length: int) -> torch.Tensor
     return torch.rand(length, generator=generator, dtype=torch.float64)
 
 
-def _filter_probs(probs: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+def _filter_probs(probs: torch.Tensor, top_k: int, top_p: float, inplace: bool = False) -> torch.Tensor:
+    """Top-k / top-p filtered and renormalised probabilities. `inplace` lets the renormalisation reuse
+    `probs` (the sampler's own (batch, vocab) buffer) instead of allocating another one."""
+    filtered = False
     if top_k and top_k < probs.shape[-1]:
         kth = probs.topk(top_k, dim=-1).values[:, -1:]
-        probs = torch.where(probs < kth, torch.zeros_like(probs), probs)
+        probs, filtered = torch.where(probs < kth, torch.zeros_like(probs), probs), True
     if top_p < 1.0:
         sorted_p, order = probs.sort(dim=-1, descending=True)
         # keep the smallest set whose mass reaches top_p (the first token is always kept)
         drop = (sorted_p.cumsum(-1) - sorted_p) >= top_p
         sorted_p = sorted_p.masked_fill(drop, 0.0)
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
-    return probs / probs.sum(-1, keepdim=True)
+        probs, filtered = torch.zeros_like(probs).scatter(-1, order, sorted_p), True
+    total = probs.sum(-1, keepdim=True)
+    return probs.div_(total) if inplace or filtered else probs / total
 
 
 def _draw(logits: torch.Tensor, u: torch.Tensor, cfg: SamplingConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inverse-CDF sampling: token = first index whose cumulative probability exceeds u."""
-    logp = torch.log_softmax(logits.double() / cfg.temperature, dim=-1)
-    probs = _filter_probs(logp.exp(), cfg.top_k, cfg.top_p)
+    """Inverse-CDF sampling: token = first index whose cumulative probability exceeds u.
+
+    Per step this is a fixed number of vectorised (batch, vocab) float64 passes and no Python loop over
+    the vocabulary; the buffers are reused in place (x / 1.0 and in-place ops give the same bits as the
+    out-of-place ones), so a 150k vocabulary costs three (batch, vocab) float64 buffers, not six.
+    """
+    scaled = logits.to(torch.float64, copy=True)
+    if cfg.temperature != 1.0:
+        scaled.div_(cfg.temperature)
+    probs = _filter_probs(torch.log_softmax(scaled, dim=-1).exp_(), cfg.top_k, cfg.top_p, inplace=True)
+    del scaled
     cdf = probs.cumsum(-1)
     u = u.to(cdf.dtype).unsqueeze(-1).contiguous()
     tokens = torch.searchsorted(cdf, u).squeeze(-1).clamp(max=probs.shape[-1] - 1)

@@ -11,6 +11,7 @@ import csv
 
 import pytest
 import torch
+from builders import wordpiece_tokenizer
 from conftest import require_shared
 
 from pmopt.pm.model import PreferenceModel
@@ -23,22 +24,6 @@ PROMPTS = ["What happens to you if you eat watermelon seeds?",
             {"role": "assistant", "content": "I think"}]]
 RESPONSES = ["Nothing happens.", "The precise origin of fortune cookies is unclear, but many say California.",
              "Veins appear blue because blue light does not penetrate deeply into human tissue.", "the seeds"]
-
-
-def wordpiece_tokenizer(lines):
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    core = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    core.normalizer = normalizers.BertNormalizer(lowercase=True)
-    core.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    core.train_from_iterator(lines, trainers.WordPieceTrainer(vocab_size=400, special_tokens=specials))
-    core.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[(t, core.token_to_id(t)) for t in ("[CLS]", "[SEP]")])
-    core.decoder = decoders.WordPiece()
-    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
-                                   sep_token="[SEP]", mask_token="[MASK]")
 
 
 @pytest.fixture(scope="module")

@@ -149,3 +149,84 @@ def test_hh_rlhf_harmless_test_file_loads_whole(shared_data):
 
 def _error(field, message):
     return PmoptError(f"{field}: {message}")
+
+
+# ----------------------------------------------------------------------------- column mapping, hub subsets, limit
+
+SE_STYLE = [  # a StackExchange-paired-style file: its own column names, an extra column
+    {"question": "Why is the sky blue?", "response_j": "Rayleigh scattering.", "response_k": "Because it is.",
+     "score": 3},
+    {"question": "2+2?", "response_j": "4", "response_k": "5", "score": 1},
+]
+
+
+def test_columns_map_a_data_sets_own_names_to_pmopt_fields(tmp_path):
+    path = write_jsonl(tmp_path / "se.jsonl", SE_STYLE)
+    columns = {"prompt": "question", "chosen": "response_j", "rejected": "response_k"}
+    pairs = load_pairs(path, columns=columns)
+    assert [(p["prompt"], p["chosen"], p["rejected"]) for p in pairs] == [
+        ("Why is the sky blue?", "Rayleigh scattering.", "Because it is."), ("2+2?", "4", "5")]
+    assert pairs[1]["source"] == f"{path}:2"
+    assert load_pairs(path, columns=columns, limit=1) == pairs[:1]
+
+
+def test_columns_for_implicit_prompt_dialogues(tmp_path):
+    path = write_jsonl(tmp_path / "hh.jsonl", [{"good": "\n\nHuman: Hi\n\nAssistant: Hello!",
+                                                "bad": "\n\nHuman: Hi\n\nAssistant: Go away."}])
+    [pair] = load_pairs(path, columns={"chosen": "good", "rejected": "bad"})
+    assert (pair["prompt"], pair["chosen"], pair["rejected"]) == ("\n\nHuman: Hi" + ASSISTANT_MARKER, " Hello!",
+                                                                  " Go away.")
+
+
+def test_column_mapping_errors(tmp_path):
+    path = write_jsonl(tmp_path / "se.jsonl", SE_STYLE)
+    with pytest.raises(RecordError, match=r"se.jsonl:1.*response_x.*maps 'rejected'"):
+        load_pairs(path, columns={"prompt": "question", "chosen": "response_j", "rejected": "response_x"})
+    with pytest.raises(PmoptError, match="unknown field.*answer"):
+        load_pairs(path, columns={"answer": "response_j"})
+    with pytest.raises(PmoptError, match="same column"):
+        load_pairs(path, columns={"chosen": "response_j", "rejected": "response_j"})
+
+
+def test_hub_dataset_config_name_data_dir_and_columns(monkeypatch):
+    """The hub path passes config name, data_dir and split to datasets.load_dataset; rows get the same mapping."""
+    import datasets
+
+    calls = []
+
+    def fake_load_dataset(dataset_id, name=None, split=None, **kwargs):
+        calls.append((dataset_id, name, split, kwargs))
+        return [dict(r) for r in SE_STYLE]
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    columns = {"prompt": "question", "chosen": "response_j", "rejected": "response_k"}
+    pairs = load_pairs("org/se-paired", "test", config_name="v2", data_dir="data/finetune", columns=columns, limit=1)
+    assert calls == [("org/se-paired", "v2", "test", {"data_dir": "data/finetune"})]
+    assert [(p["prompt"], p["chosen"], p["source"]) for p in pairs] == [
+        ("Why is the sky blue?", "Rayleigh scattering.", "org/se-paired[test]:0")]
+    load_pairs("Anthropic/hh-rlhf", columns=columns)
+    assert calls[-1] == ("Anthropic/hh-rlhf", None, "train", {})
+
+
+def test_hub_load_failure_names_the_subset(monkeypatch):
+    import datasets
+
+    def failing(*args, **kwargs):
+        raise FileNotFoundError("no such subset")
+
+    monkeypatch.setattr(datasets, "load_dataset", failing)
+    with pytest.raises(PmoptError, match=r"Anthropic/hh-rlhf: could not load.*data_dir 'helpful-bse'.*no such subset"):
+        load_pairs("Anthropic/hh-rlhf", "train", data_dir="helpful-bse")
+
+
+def test_train_config_passes_subset_columns_and_limit(tmp_path):
+    from pmopt.config import load_config
+    from pmopt.pm.train import PMTrainConfig, resolve_pairs
+
+    path = write_jsonl(tmp_path / "se.jsonl", SE_STYLE * 3)
+    cfg = load_config(PMTrainConfig, data={
+        "model": {"name_or_path": "x"},
+        "data": {"train": str(path), "eval": str(path), "max_pairs": 2,
+                 "columns": {"prompt": "question", "chosen": "response_j", "rejected": "response_k"}}})
+    train, held_out = resolve_pairs(cfg, None, None)
+    assert len(train) == len(held_out) == 2 and train[0]["chosen"] == "Rayleigh scattering."

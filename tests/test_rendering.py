@@ -20,6 +20,7 @@ import json
 
 import pytest
 import torch
+from builders import CHATML, FAMILIES, LLAMA3, bpe_tokenizer
 from conftest import require_shared
 
 from pmopt.data.preferences import load_pairs
@@ -30,35 +31,6 @@ from pmopt.text import encode, end_of_turn_ids, parse_hh_dialogue, rendering
 
 HH = "hh-rlhf/harmless-base/test.jsonl.gz"
 
-# The published templates of each family (Qwen2-Instruct, Meta-Llama-3-Instruct, gemma-it), verbatim.
-CHATML = ("{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
-          "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
-          "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
-          "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
-LLAMA3 = ("{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = "
-          "'<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + "
-          "'<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}"
-          "{{ content }}{% endfor %}{% if add_generation_prompt %}"
-          "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}")
-GEMMA = ("{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
-         "{% endif %}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
-         "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
-         "{% if (message['role'] == 'assistant') %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}"
-         "{% endif %}{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}"
-         "{% endfor %}{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}")
-
-# family: (special tokens, eos, bos, pad, BOS added by the post-processor, template, end of turn)
-FAMILIES = {
-    "chatml": (["<|endoftext|>", "<|im_start|>", "<|im_end|>"], "<|im_end|>", None, "<|endoftext|>", False,
-               CHATML, "<|im_end|>"),
-    "llama3": (["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
-               "<|end_of_text|>", "<|begin_of_text|>", None, True, LLAMA3, "<|eot_id|>"),
-    "gemma": (["<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>"], "<eos>", "<bos>", "<pad>", True,
-              GEMMA, "<end_of_turn>"),
-    "none": (["<|endoftext|>"], "<|endoftext|>", None, None, False, None, None),
-}
-
-
 def hh_texts(n: int) -> list[str]:
     with gzip.open(require_shared(HH), "rt", encoding="utf-8") as f:
         return [json.loads(line)["chosen"] for _, line in zip(range(n), f, strict=False)]
@@ -67,28 +39,6 @@ def hh_texts(n: int) -> list[str]:
 @pytest.fixture(scope="module")
 def texts() -> list[str]:
     return hh_texts(300)
-
-
-def bpe_tokenizer(texts: list[str], family: str):
-    """A byte-level BPE (as Qwen2 / Llama 3 use) trained on `texts`, with the family's specials and template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    specials, eos, bos, pad, bos_processor, template, _ = FAMILIES[family]
-    core = Tokenizer(models.BPE())
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    core.decoder = decoders.ByteLevel()
-    core.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=600, special_tokens=specials,
-                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    if bos_processor:  # Llama 3 / Gemma tokenizers prepend BOS when add_special_tokens=True
-        core.post_processor = processors.TemplateProcessing(single=f"{bos} $A", special_tokens=[(bos, core.token_to_id(bos))])
-    else:
-        core.post_processor = processors.ByteLevel(trim_offsets=False)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, eos_token=eos, bos_token=bos, pad_token=pad,
-                                        additional_special_tokens=[t for t in specials if t not in (eos, bos, pad)])
-    if template:
-        tokenizer.chat_template = template
-    return tokenizer
 
 
 def tiny_seq_cls(tokenizer, family: str, seed: int = 0):

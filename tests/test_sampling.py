@@ -97,3 +97,14 @@ def test_each_prompt_is_prefilled_once_and_every_sample_scores_under_the_model()
                 logp = torch.log_softmax(model(ids).logits[0, :-1].double(), -1)
             token_logp = logp.gather(-1, ids[0, 1:, None]).squeeze(-1)[len(prompt_ids) - 1:]
             assert abs(token_logp.sum().item() - gen.logprob) < 1e-4
+
+
+def test_draw_leaves_its_inputs_untouched():
+    """The draw reuses its own (batch, vocab) buffers in place, never the caller's logits or probabilities."""
+    torch.manual_seed(0)
+    logits, probs = torch.randn(3, 50), torch.rand(3, 50, dtype=torch.float64)
+    logits_copy, probs_copy = logits.clone(), probs.clone()
+    for cfg in (SamplingConfig(), SamplingConfig(temperature=0.5, top_k=5), SamplingConfig(top_p=0.8)):
+        _draw(logits, torch.rand(3, dtype=torch.float64), cfg)
+        _filter_probs(probs, cfg.top_k, cfg.top_p)
+    assert torch.equal(logits, logits_copy) and torch.equal(probs, probs_copy)

@@ -8,8 +8,13 @@
   split at the start of the last "\\n\\nAssistant:" turn the two sides share (the prompt ends with that
   marker; the responses keep their leading space), and conversational chosen/rejected message lists are
   split at their longest common message prefix (TRL's implicit conversational form).
-- a hub dataset id (`datasets.load_dataset(id, split=...)`) when the path does not exist locally; its
-  rows go through the same converters.
+- a hub dataset id (`datasets.load_dataset(id, name, data_dir=..., split=...)`) when the path does not
+  exist locally; its rows go through the same converters. `name` is the dataset's config name, `data_dir`
+  its subset folder (Anthropic/hh-rlhf keeps its subsets as folders: `data_dir="harmless-base"`).
+
+`columns` maps pmopt's fields to a data set's own column names, e.g. `{"prompt": "question", "chosen":
+"response_j", "rejected": "response_k"}` (local files and hub rows alike); unmapped fields keep their names.
+`limit` keeps the first k pairs (0 = all).
 
 `source` is "file:line" (or "hub-id[split]:row"), so later errors (an over-long pair) can name it.
 Files may be gzipped (`.gz`). Every record is validated before any is returned.
@@ -32,17 +37,52 @@ ASSISTANT_MARKER = "\n\nAssistant:"
 ErrorFn = Callable[[str | None, str], Exception]
 
 
-def load_pairs(source: str | os.PathLike, split: str | None = None) -> list[dict]:
-    """All pairs of a JSONL file (explicit or implicit prompt, .gz or not) or of a hub dataset."""
+def load_pairs(source: str | os.PathLike, split: str | None = None, *, config_name: str | None = None,
+               data_dir: str | None = None, columns: dict[str, str] | None = None, limit: int = 0) -> list[dict]:
+    """All pairs (or the first `limit`) of a JSONL file (explicit or implicit prompt, .gz or not) or of a hub
+    dataset (`config_name`, `data_dir`: its config and subset folder), with `columns` renamed to pmopt's fields."""
+    check_columns(columns)
     path = Path(source)
     if path.is_dir():
         path = _split_file(path, split or "train")
     if path.exists():
-        return [convert_pair(record, error, f"{path}:{line}")
-                for line, record, error in _iter_file(path)]
+        pairs = []
+        for line, record, error in _iter_file(path, columns):
+            pairs.append(convert_pair(record, error, f"{path}:{line}"))
+            if limit and len(pairs) == limit:
+                break
+        return pairs
     if looks_like_hub_id(str(source)):
-        return _load_hub(str(source), split or "train")
+        return _load_hub(str(source), split or "train", config_name, data_dir, columns, limit)
     raise RecordError(path, None, None, "file not found (and not a hub dataset id)")
+
+
+PAIR_FIELDS = ("prompt", "chosen", "rejected", "meta")
+
+
+def check_columns(columns: dict[str, str] | None) -> None:
+    """A column mapping names pmopt fields (prompt, chosen, rejected, meta) and distinct source columns."""
+    columns = columns or {}
+    unknown = sorted(set(columns) - set(PAIR_FIELDS))
+    if unknown:
+        raise PmoptError(f"data.columns: unknown field(s) {unknown}; map any of {list(PAIR_FIELDS)} to a column name")
+    if len(set(columns.values())) != len(columns):
+        raise PmoptError(f"data.columns: two fields map to the same column: {columns}")
+
+
+def rename_columns(record: dict, columns: dict[str, str] | None, error: ErrorFn) -> None:
+    """Rename (in place) the source columns of `record` to pmopt's fields; a missing column is an error."""
+    if not columns:
+        return
+    renamed = {}
+    for field_name, column in columns.items():
+        if column not in record:
+            raise error(column, f"missing (data.columns maps {field_name!r} to it); "
+                                f"the record has {sorted(record)}")
+        renamed[field_name] = record[column]
+    rest = {k: v for k, v in record.items() if k not in columns.values() and k not in renamed}
+    record.clear()
+    record.update(rest | renamed)
 
 
 def _split_file(directory: Path, split: str) -> Path:
@@ -52,20 +92,27 @@ def _split_file(directory: Path, split: str) -> Path:
     raise RecordError(directory, None, None, f"no {split}.jsonl or {split}.jsonl.gz in this directory")
 
 
-def _iter_file(path: Path):
-    """(line, record, error) for each validated record of a JSONL file."""
-    for line, record in iter_jsonl(path, validate_any_pair):
+def _iter_file(path: Path, columns: dict[str, str] | None = None):
+    """(line, record, error) for each validated record of a JSONL file (columns renamed first)."""
+    def validate(record, error):
+        rename_columns(record, columns, error)
+        validate_any_pair(record, error)
+
+    for line, record in iter_jsonl(path, validate):
         yield line, record, (lambda field, msg, _n=line: RecordError(path, _n, field, msg))
 
 
-def _load_hub(dataset_id: str, split: str) -> list[dict]:
+def _load_hub(dataset_id: str, split: str, config_name: str | None = None, data_dir: str | None = None,
+              columns: dict[str, str] | None = None, limit: int = 0) -> list[dict]:
     """A hub dataset's rows through the same validation and converters (needs network)."""
     import datasets
 
+    kwargs = {"data_dir": data_dir} if data_dir else {}
     try:
-        rows = datasets.load_dataset(dataset_id, split=split)
+        rows = datasets.load_dataset(dataset_id, config_name, split=split, **kwargs)
     except Exception as exc:  # any loading failure means the user's source is wrong or unreachable
-        raise PmoptError(f"{dataset_id}: could not load hub dataset (split {split!r}): {exc}") from None
+        subset = "".join(f", {k} {v!r}" for k, v in (("config", config_name), ("data_dir", data_dir)) if v)
+        raise PmoptError(f"{dataset_id}: could not load hub dataset (split {split!r}{subset}): {exc}") from None
     where = f"{dataset_id}[{split}]"
     pairs = []
     for row_index, row in enumerate(rows):
@@ -73,8 +120,11 @@ def _load_hub(dataset_id: str, split: str) -> list[dict]:
             return RecordError(where, _n, field, msg)
 
         record = dict(row)
+        rename_columns(record, columns, error)
         validate_any_pair(record, error)
         pairs.append(convert_pair(record, error, f"{where}:{row_index}"))
+        if limit and len(pairs) == limit:
+            break
     return pairs
 
 
@@ -186,4 +236,4 @@ def check_pairs(pairs: Iterable[dict], what: str = "pairs") -> list[dict]:
 
 
 __all__ = ["load_pairs", "split_pairs", "convert_pair", "split_dialogue", "split_messages",
-           "check_pairs", "pair_source", "looks_like_hub_id", "ASSISTANT_MARKER"]
+           "check_pairs", "pair_source", "looks_like_hub_id", "rename_columns", "check_columns", "ASSISTANT_MARKER"]

@@ -76,6 +76,10 @@ class DataSection:
     eval: str | None = None  # held-out pairs; when unset, `eval_fraction` of `train` is held out
     eval_split: str = "test"  # split of a hub dataset for held-out pairs
     eval_fraction: float = 0.1  # share of `train` held out when `eval` is unset
+    hub_config: str | None = None  # config name of a hub dataset (datasets.load_dataset's `name`)
+    hub_data_dir: str | None = None  # subset folder of a hub dataset, e.g. harmless-base for Anthropic/hh-rlhf
+    columns: dict[str, str] = field(default_factory=dict)  # pmopt field -> the data set's column, e.g. {chosen: response_j}
+    max_pairs: int = 0  # use the first k pairs of `train` (and of `eval`); 0 = all
     max_length: int = 512  # tokens of prompt + response + EOS; longer pairs are an error ...
     drop_overlong: bool = False  # ... unless this is true: then they are dropped, and the count printed
     # passed to apply_chat_template when rendering pairs (e.g. {enable_thinking: false}); recorded in the PM
@@ -122,6 +126,7 @@ class PMTrainConfig:
             (bool(self.model.name_or_path), "model.name_or_path: required (hub id or local directory)"),
             (0.0 <= self.data.eval_fraction < 1.0, "data.eval_fraction: must be in [0, 1)"),
             (self.data.max_length > 0, "data.max_length: must be > 0"),
+            (self.data.max_pairs >= 0, "data.max_pairs: must be >= 0 (0 = all)"),
             (self.train.epochs > 0 or self.train.max_steps > 0, "train.epochs: must be > 0"),
             (self.train.batch_size >= 1 and self.train.eval_batch_size >= 1, "train.batch_size: must be >= 1"),
             (self.train.gradient_accumulation_steps >= 1, "train.gradient_accumulation_steps: must be >= 1"),
@@ -206,18 +211,23 @@ def _validate_config(cfg: PMTrainConfig) -> None:
         raise ConfigError(f"train.report_to: {cfg.train.report_to!r} is not installed")
 
 
+def _source_options(data: DataSection) -> dict:
+    return {"config_name": data.hub_config, "data_dir": data.hub_data_dir, "columns": data.columns,
+            "limit": data.max_pairs}
+
+
 def resolve_pairs(cfg: PMTrainConfig, pairs, eval_pairs) -> tuple[list[dict], list[dict]]:
     """Training and held-out pairs, all validated; the held-out set is a file or a seeded split."""
     if pairs is not None:
         train = check_pairs(pairs, "pairs")
     elif cfg.data.train:
-        train = load_pairs(cfg.data.train, cfg.data.train_split)
+        train = load_pairs(cfg.data.train, cfg.data.train_split, **_source_options(cfg.data))
     else:
         raise ConfigError("data.train: required (a JSONL path or a hub dataset id) unless pairs are passed")
     if eval_pairs is not None:
         held_out = check_pairs(eval_pairs, "eval_pairs")
     elif cfg.data.eval:
-        held_out = load_pairs(cfg.data.eval, cfg.data.eval_split)
+        held_out = load_pairs(cfg.data.eval, cfg.data.eval_split, **_source_options(cfg.data))
     else:
         train, held_out = split_pairs(train, cfg.data.eval_fraction, cfg.train.seed)
     if not train:
