@@ -185,6 +185,9 @@ def _coerce(hint: Any, value: Any, source: str, key: str, validate: bool = True)
                 errors.append(str(exc))
         raise ConfigError(errors[0] if len(errors) == 1 else f"{source}: '{key}': {value!r} matches none of {hint}")
     if origin is Literal:
+        if isinstance(value, bool) and value not in args:
+            # YAML 1.1 reads no/off and yes/on as booleans: take the word the choices spell
+            value = next((word for word in (("no", "off") if not value else ("yes", "on")) if word in args), value)
         if value not in args:
             raise ConfigError(f"{source}: '{key}': expected one of {list(args)}, got {value!r}")
         return value

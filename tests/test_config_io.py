@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import ClassVar, Literal
 
 import pytest
 
@@ -23,6 +24,18 @@ class Outer:
     seed: int = 0
     inner: Inner = field(default_factory=Inner)
     grid: list[int] = field(default_factory=lambda: [1, 2])
+
+
+@dataclass
+class Renamed:
+    steps: int = 1
+    precision: Literal["no", "bf16"] = "bf16"
+    RENAMED: ClassVar[dict[str, str]] = {"n_steps": "steps"}
+
+
+@dataclass
+class HoldsRenamed:
+    train: Renamed = field(default_factory=Renamed)
 
 
 def write(tmp_path, text, name="c.yaml"):
@@ -88,3 +101,22 @@ def test_read_metrics_skips_torn_last_line(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"step": 1}\n{"step": 2}\n{"ste')
     assert read_metrics(path) == [{"step": 1}, {"step": 2}]
+
+
+def test_old_key_names_load_and_either_name_overrides(tmp_path, capsys):
+    path = write(tmp_path, "train:\n  n_steps: 3\n")
+    assert load_config(HoldsRenamed, path).train.steps == 3
+    assert "'train.n_steps' is now 'train.steps'" in capsys.readouterr().err
+    assert load_config(HoldsRenamed, path, ["train.steps=5"]).train.steps == 5
+    assert load_config(HoldsRenamed, write(tmp_path, "train: {steps: 2}\n", "d.yaml"), ["train.n_steps=7"]).train.steps == 7
+
+
+def test_old_and_new_name_in_one_file_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="'train.n_steps' and 'train.steps' both given"):
+        load_config(HoldsRenamed, write(tmp_path, "train: {n_steps: 1, steps: 2}\n"))
+
+
+def test_yaml_no_reads_as_the_choice_no(tmp_path):
+    assert load_config(HoldsRenamed, None, ["train.precision=no"]).train.precision == "no"
+    with pytest.raises(ConfigError, match="expected one of"):
+        load_config(HoldsRenamed, None, ["train.precision=yes"])
