@@ -79,10 +79,11 @@ def apply_overrides(data: dict, overrides: list[str] | None, source: str = "--se
 
 
 def load_config(cls: type[T], path: str | os.PathLike | None = None,
-                overrides: list[str] | None = None, data: dict | None = None, validate: bool = True) -> T:
+                overrides: list[str] | None = None, data: dict | None = None, validate: bool = True,
+                source: str | None = None) -> T:
     """Build `cls` from a YAML file (or a dict) plus overrides, validating every key and type; with
     `validate=False` the configs' own `validate()` checks (required paths, ranges) are skipped."""
-    source = str(path) if path is not None else "<config>"
+    source = source or (str(path) if path is not None else "<config>")
     raw = load_yaml(path) if path is not None else dict(data or {})
     # old key names become current ones in the file and in --set alike, so an override of either name
     # replaces the file's value instead of clashing with it
@@ -118,6 +119,10 @@ def current_key(cls: type, item: str) -> str:
         if section is None or not dataclasses.is_dataclass(section):
             break
         parts[i] = getattr(section, "RENAMED", {}).get(part, part)
+        if parts[i] != part:
+            where = ".".join(parts[:i])
+            print(f"pmopt: --set: '{where + '.' if where else ''}{part}' is now "
+                  f"'{'.'.join(parts[:i + 1])}' (the old name goes in the next release)", file=sys.stderr)
         section = _section_type(get_type_hints(section).get(parts[i]))
     return ".".join(parts) + sep + value if sep else item
 

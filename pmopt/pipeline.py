@@ -10,17 +10,19 @@ last Trainer checkpoint, the sweep from its last finished shard, PPO from its la
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pmopt import console
-from pmopt.bon.sweep import BonConfig, PMEntry, run_bon
+from pmopt.bon.sweep import BonConfig, BonSettings, PMEntry, run_bon
 from pmopt.config import ConfigError, dump_yaml, load_config, load_yaml
 from pmopt.io import Manifest, PmoptError, atomic_write_json, atomic_write_text, environment, prepare_out_dir
 from pmopt.pm.train import DataSection, LoraSection, ModelSection, PMTrainConfig, TrainSection, train_pm
-from pmopt.sampling import SamplingConfig
+from pmopt.probes.run import ProbeRunConfig, ProbeSettings, run_probe_config
 from pmopt.world.build import build_world, check_targets, print_stats
 from pmopt.world.config import WorldConfig
 
@@ -43,26 +45,13 @@ class PMStage:
     uwo_lambda: float = 1.0  # uncertainty-weighted aggregate: mean - lambda * variance (Coste et al. 2023)
 
 
-@dataclass
-class BonStage:
-    n_max: int = 32  # samples per prompt (the paper's N)
-    n_grid: list[int] | None = None  # n values of the curves; default 1, 2, 4, ..., n_max
-    # probe sets whose prompts are sampled
-    probes: list[str] = field(default_factory=lambda: ["answer", "feedback", "mimicry", "truthfulness"])
-    max_prompts_per_probe: int | None = None  # the first k records of each probe set; null = all
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)  # how the samples are drawn
-    n_boot: int = 1000  # bootstrap resamples (of prompt clusters) for the 95% intervals
-    shard_size: int = 64  # prompts per sample shard (the unit of resume)
+def _bon_defaults() -> BonSettings:
+    return BonSettings(probes=["answer", "feedback", "mimicry", "truthfulness"])
 
 
 @dataclass
-class ProbeStage:
+class ProbeStage(ProbeSettings):
     enabled: bool = True  # run the probes on the base policy
-    # probe sets to run
-    probes: list[str] = field(default_factory=lambda: ["answer", "are_you_sure", "feedback", "mimicry", "truthfulness"])
-    samples_per_prompt: int = 4  # responses per prompt
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)  # how responses are sampled
-    n_boot: int = 1000  # bootstrap resamples for the 95% intervals
 
 
 @dataclass
@@ -83,8 +72,10 @@ class ExperimentConfig:
     threads_per_seed: int = 1  # torch threads of each seed's process (fixed, so results do not depend on parallelism)
     world: WorldConfig = field(default_factory=WorldConfig)  # the synthetic world (`pmopt world`'s config)
     pm: PMStage = field(default_factory=PMStage)  # the PMs trained on the world's pairs
-    bon: BonStage = field(default_factory=BonStage)  # the best-of-N sweep under every PM
-    probes: ProbeStage = field(default_factory=ProbeStage)  # probes on the base policy
+    # the best-of-N sweep under every PM (`pmopt bon`'s own settings; the run fills in paths, PMs and seed)
+    bon: BonSettings = field(default_factory=_bon_defaults)
+    # probes on the base policy (`pmopt probe`'s own settings; the run fills in the policy, world and seed)
+    probes: ProbeStage = field(default_factory=ProbeStage)
     ppo: PPOStage = field(default_factory=PPOStage)  # the optional PPO stage
 
 
@@ -141,10 +132,12 @@ def bon_config(cfg: ExperimentConfig, run: Path) -> BonConfig:
             pms.append(PMEntry(name=f"ens-{aggregate}", path=str(pms_dir / "ensemble"), kind="ensemble",
                                aggregate=aggregate, lam=cfg.pm.uwo_lambda if aggregate == "uwo" else None))
     pms.append(PMEntry(name="gold", kind="gold"))
-    b = cfg.bon
-    return BonConfig(world=str(run / "world"), probes=list(b.probes), max_prompts_per_probe=b.max_prompts_per_probe,
-                     n_max=b.n_max, n_grid=b.n_grid, sampling=b.sampling, seed=cfg.seed, n_boot=b.n_boot,
-                     shard_size=b.shard_size, pms=pms)
+    return BonConfig(**settings_of(cfg.bon, BonSettings), world=str(run / "world"), seed=cfg.seed, pms=pms)
+
+
+def settings_of(section, settings_cls) -> dict:
+    """The fields of `settings_cls` (a stage's embedded settings) taken from an experiment section."""
+    return {f.name: copy.deepcopy(getattr(section, f.name)) for f in dataclasses.fields(settings_cls)}
 
 
 def stage_bon(cfg: ExperimentConfig, run: Path) -> None:
@@ -152,32 +145,33 @@ def stage_bon(cfg: ExperimentConfig, run: Path) -> None:
 
 
 def probe_config(cfg: ExperimentConfig, run: Path):
-    from pmopt.probes.run import ProbeRunConfig
-
-    p = cfg.probes
-    return ProbeRunConfig(policy=str(run / "world" / "policy"), probes=list(p.probes), world=str(run / "world"),
-                          sampling=p.sampling, samples_per_prompt=p.samples_per_prompt, seed=cfg.seed,
-                          n_boot=p.n_boot)
+    return ProbeRunConfig(**settings_of(cfg.probes, ProbeSettings), policy=str(run / "world" / "policy"),
+                          world=str(run / "world"), seed=cfg.seed)
 
 
 def stage_probes(cfg: ExperimentConfig, run: Path) -> None:
-    from pmopt.probes.run import run_probe_config
-
     run_probe_config(probe_config(cfg, run), run / "probes")
 
 
 PPO_PMS = ("proxy", "proxy-nonsyc", "unbiased")
 
 
-def ppo_overrides(cfg: ExperimentConfig, run: Path, pm: str) -> list[str]:
-    """Point the PPO config at this run's base policy, the PM `pm` and the world (prompts, probes)."""
+def ppo_run_values(cfg: ExperimentConfig, run: Path, pm: str) -> dict:
+    """What this run fills into the PPO config: its base policy, the PM `pm` and the world (prompts, probes)."""
     if pm not in PPO_PMS:
         raise ConfigError(f"ppo.pms: unknown PM '{pm}' (known: {', '.join(PPO_PMS)})")
-    pm_path = run / "pms" / ("unbiased" if pm == "unbiased" else "proxy")
-    prefix = "non_sycophantic" if pm == "proxy-nonsyc" else "none"
     world = run / "world"
-    return [f"policy.path={world / 'policy'}", f"prompts.world={world}", f"reward.path={pm_path}",
-            f"reward.prefix={prefix}", f"reward.name={pm}", f"seed={cfg.seed}", *cfg.ppo.overrides]
+    return {"seed": cfg.seed, "policy": {"path": str(world / "policy")}, "prompts": {"world": str(world)},
+            "reward": {"path": str(run / "pms" / ("unbiased" if pm == "unbiased" else "proxy")),
+                       "prefix": "non_sycophantic" if pm == "proxy-nonsyc" else "none", "name": pm}}
+
+
+def merged(base: dict, values: dict) -> dict:
+    """`base` with `values` set key by key into its sections (a copy)."""
+    out = dict(base)
+    for key, value in values.items():
+        out[key] = merged(out.get(key) or {}, value) if isinstance(value, dict) else value
+    return out
 
 
 def stage_ppo(cfg: ExperimentConfig, run: Path) -> None:
@@ -194,12 +188,17 @@ def stage_ppo(cfg: ExperimentConfig, run: Path) -> None:
 
 
 def ppo_configs(cfg: ExperimentConfig, run: Path) -> dict:
-    """PM name -> the PPO config of its run (the YAML file plus this run's paths and overrides)."""
+    """PM name -> the PPO config of its run: the YAML file, this run's paths set as values (never re-parsed
+    as YAML text, so any path is taken as it is), then `ppo.overrides`, which win."""
+    from pmopt.config import renamed_tree
     from pmopt.rl.config import PPOConfig
 
     if cfg.ppo.config is None:
         raise PmoptError("ppo.enabled is true but ppo.config names no PPO config file")
-    return {pm: load_config(PPOConfig, cfg.ppo.config, ppo_overrides(cfg, run, pm)) for pm in cfg.ppo.pms}
+    source = str(cfg.ppo.config)
+    raw = renamed_tree(PPOConfig, load_yaml(cfg.ppo.config), source)
+    return {pm: load_config(PPOConfig, overrides=cfg.ppo.overrides, data=merged(raw, ppo_run_values(cfg, run, pm)),
+                            source=source) for pm in cfg.ppo.pms}
 
 
 def stage_report(cfg: ExperimentConfig, run: Path) -> None:

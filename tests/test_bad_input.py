@@ -172,6 +172,7 @@ CASES: dict[str, Callable[[Env], tuple[list[str], list[str]]]] = {
     "bon-n-max-negative": lambda e: (e.bon_args("n_max=-4"), ["n_max", ">= 1"]),
     "bon-n-grid-out-of-range": lambda e: (e.bon_args("n_grid=[1, 64]"), ["n_grid"]),
     "ppo-steps-0": lambda e: (e.ppo_args("train.steps=0"), ["train.steps"]),
+    "ppo-reward-kind-unknown": lambda e: (e.ppo_args("reward.kind=gld"), ["reward.kind", "gld", "gold"]),
     "ppo-prompts-missing-field": lambda e: (e.ppo_args(f"prompts.file={e.write('pr.jsonl', [{'id': 'a', 'probe': 'answer'}])}"),
                                             ["pr.jsonl:1", "'prompt'"]),
     "probe-samples-0": lambda e: (e.probe_args("--set", "samples_per_prompt=0"), ["samples_per_prompt"]),

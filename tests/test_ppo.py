@@ -20,7 +20,7 @@ import torch
 from pmopt.cli import main
 from pmopt.config import ConfigError, load_config
 from pmopt.io import read_jsonl, read_metrics
-from pmopt.report.html import validate_curve_row
+from pmopt.records import validate_curve_row
 from pmopt.rewards import RewardSpec, build_reward
 from pmopt.rl.batches import encode_queries, pack, policy_outputs, token_values
 from pmopt.rl.checkpoint import read_state, rng_state, set_rng_state
@@ -193,6 +193,25 @@ def test_rater_rewards_are_the_worlds_utilities(tiny_world):
     assert biased.tolist() == pytest.approx([utility(raters, features(m, x)) for m, x in
                                              zip(metas, responses, strict=True)])
     assert raters.w_agree > 0 and not torch.equal(gold, biased)
+
+
+def test_a_registered_reward_kind_needs_no_change_in_rl(tiny_world, tmp_path):
+    """A new reward kind is one function given to `pmopt.rewards.register_kind`; RL trains on it as it is."""
+    from pmopt import rewards
+
+    class Brevity(rewards.Reward):
+        name, extra = "brevity", {}
+
+        def __call__(self, prompts, responses, metas):
+            return torch.tensor([-float(len(r.split())) for r in responses], dtype=torch.float64)
+
+    rewards.register_kind("brevity", lambda spec, options: Brevity())
+    try:
+        out = run_ppo(ppo_config(tiny_world, "reward.kind=brevity", "train.steps=1"), tmp_path / "brevity")
+    finally:
+        rewards._KINDS.pop("brevity")
+    rows = read_jsonl(out / "curves.jsonl")
+    assert {r["pm"] for r in rows} == {"brevity"} and any(r["metric"] == "pm/score" for r in rows)
 
 
 def test_old_reward_and_train_keys_still_load(tiny_world, capsys):

@@ -18,7 +18,7 @@ import sys
 import pytest
 
 from pmopt.io import read_jsonl, read_metrics
-from pmopt.report.html import validate_curve_row
+from pmopt.records import validate_curve_row
 
 pytestmark = pytest.mark.slow
 

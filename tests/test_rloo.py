@@ -10,7 +10,7 @@ import torch
 
 from pmopt.config import ConfigError, load_config
 from pmopt.io import read_jsonl, read_metrics
-from pmopt.report.html import validate_curve_row
+from pmopt.records import validate_curve_row
 from pmopt.rl.config import PPOConfig
 from pmopt.rl.ppo import run_ppo
 from pmopt.rl.rloo import check_rloo_config, reward_funcs, updates_per_step

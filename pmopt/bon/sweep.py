@@ -86,20 +86,26 @@ class PMEntry(RewardSpec):
 
 
 @dataclass
-class BonConfig:
-    policy: str | None = None  # HF causal LM dir or hub id; default WORLD/policy
-    world: str | None = None  # a `pmopt world` dir (a data source): default probe source, and the gold reward
+class BonSettings:
+    """How a sweep samples and summarises: the part of `BonConfig` that `pmopt run` embeds as `bon`."""
+
     # probe sets whose prompts are sampled (are_you_sure and MC1 need `pmopt probe`)
     probes: list[str] = field(default_factory=lambda: list(DEFAULT_PROBES))
-    probe_sources: dict[str, str] = field(default_factory=dict)  # probe -> file or dir (default: world)
     max_prompts_per_probe: int | None = None  # the first k records of each probe set
     n_max: int = 32  # samples per prompt (the paper's N)
     n_grid: list[int] | None = None  # default 1, 2, 4, ..., n_max
     # how the N_max samples per prompt are drawn
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    seed: int = 0  # sampling streams and bootstrap resamples
     shard_size: int = 64  # prompts per sample shard (the unit of resume and of work per process)
     n_boot: int = 1000  # bootstrap resamples (of prompt clusters) for the CIs
+
+
+@dataclass
+class BonConfig(BonSettings):
+    policy: str | None = None  # HF causal LM dir or hub id; default WORLD/policy
+    world: str | None = None  # a `pmopt world` dir (a data source): default probe source, and the gold reward
+    probe_sources: dict[str, str] = field(default_factory=dict)  # probe -> file or dir (default: world)
+    seed: int = 0  # sampling streams and bootstrap resamples
     ci: float = 0.95  # level of the bootstrap intervals
     pms: list[PMEntry] = field(default_factory=list)  # every sample is scored by each; --set replaces the list
     judge: str | None = None  # HF causal LM dir for the LM judge (free-form real feedback); world: exact
@@ -396,4 +402,4 @@ def bon_command(args) -> Path:
     return run_bon(cfg, prepare_out_dir(agreed_out_dir(args.out, "bon", lambda: state), "bon"), accelerator=state)
 
 
-__all__ = ["BonConfig", "PMEntry", "SweepPlan", "plan_sweep", "run_bon", "bon_command", "process_state"]
+__all__ = ["BonConfig", "BonSettings", "PMEntry", "SweepPlan", "plan_sweep", "run_bon", "bon_command", "process_state"]

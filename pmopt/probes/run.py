@@ -58,23 +58,14 @@ class JudgeConfig:
 
 
 @dataclass
-class ProbeRunConfig:
-    policy: str | None = None  # HF causal LM directory (or hub id); `--policy` overrides
+class ProbeSettings:
+    """Which probes and how many samples: the part of `ProbeRunConfig` that `pmopt run` embeds as `probes`."""
+
     probes: list[str] = field(default_factory=lambda: list(DEFAULT_PROBES))  # `--probes a,b` overrides
-    world: str | None = None  # a `pmopt world` dir: the default source of every probe
-    sources: dict[str, str] = field(default_factory=dict)  # probe -> file or dir, overriding `world`
     sampling: SamplingConfig = field(default_factory=SamplingConfig)  # how responses are sampled
     samples_per_prompt: int = 4  # responses per prompt; a prompt's outcome is their mean
     max_prompts: int = 0  # per probe, rounded down to whole clusters (a question's templates); 0 = all
-    seed: int = 0  # sampling streams (keyed by prompt id) and bootstrap resamples
     n_boot: int = 1000  # bootstrap resamples of prompt clusters for the 95% intervals
-    loglik_batch_size: int = 16  # sequences per forward pass when scoring MC1 options
-    dtype: str | None = None  # policy weights dtype: auto, float32, bfloat16, float16; null = auto
-    device: str | None = None  # policy device, e.g. cuda:0; null = cuda if present, else cpu
-    trust_remote_code: bool = False  # allow the policy repo's own Python code
-    attn_implementation: AttnImplementation | None = None  # the policy's; None = transformers' default
-    # who grades free-form answers without a known truth
-    judge: JudgeConfig = field(default_factory=JudgeConfig)
 
     def validate(self) -> None:
         if self.samples_per_prompt < 1:
@@ -83,6 +74,21 @@ class ProbeRunConfig:
             raise ValueError("max_prompts and n_boot must be >= 0")
         if len(set(self.probes)) != len(self.probes):
             raise ValueError(f"probes: repeated names in {self.probes}")
+
+
+@dataclass
+class ProbeRunConfig(ProbeSettings):
+    policy: str | None = None  # HF causal LM directory (or hub id); `--policy` overrides
+    world: str | None = None  # a `pmopt world` dir: the default source of every probe
+    sources: dict[str, str] = field(default_factory=dict)  # probe -> file or dir, overriding `world`
+    seed: int = 0  # sampling streams (keyed by prompt id) and bootstrap resamples
+    loglik_batch_size: int = 16  # sequences per forward pass when scoring MC1 options
+    dtype: str | None = None  # policy weights dtype: auto, float32, bfloat16, float16; null = auto
+    device: str | None = None  # policy device, e.g. cuda:0; null = cuda if present, else cpu
+    trust_remote_code: bool = False  # allow the policy repo's own Python code
+    attn_implementation: AttnImplementation | None = None  # the policy's; None = transformers' default
+    # who grades free-form answers without a known truth
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
 
 
 # ----------------------------------------------------------------------------- 1. plan

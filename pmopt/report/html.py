@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pmopt.io import PmoptError, atomic_write_text, prepare_out_dir, read_json_file, read_jsonl
-from pmopt.records import validate_curve_row
+from pmopt.records import CURVE_X, validate_curve_row
 from pmopt.report.key_result import check_claims, key_sentences
 from pmopt.report.plots import plot_all, plot_fits, plot_headline
 from pmopt.report.pm_legend import LegendRow, legend_rows
@@ -38,7 +38,6 @@ CURVE_FILES = ("bon/curves.jsonl", "ppo/curves.jsonl", "curves.jsonl")
 JSON_TABLES = (("World statistics", "world/world_stats.json"), ("Probe metrics", "probes/metrics.json"),
                ("World statistics over seeds", "aggregate/world_stats.json"),
                ("Probe metrics over seeds", "aggregate/probe_metrics.json"))
-X_KEY = {"bon": "n", "ppo": "step"}
 CLAIM_METRIC = "probe/answer/syco_rate"
 HEADLINE_METRICS = (CLAIM_METRIC, "gold/reward")
 # Figures embedded after the headline, in order: per group the first plot that exists (exact-on-support KL
@@ -149,7 +148,7 @@ def summary_rows(rows: list[dict]) -> list[dict]:
         groups.setdefault((row["method"], row["pm"], row["metric"]), []).append(row)
     out = []
     for (method, pm, metric), members in sorted(groups.items()):
-        x_key = X_KEY[method]
+        x_key = CURVE_X[method]
         members = sorted(members, key=lambda r, k=x_key: r[k])
         first, last = members[0], members[-1]
         entry = {"method": method, "pm": pm, "metric": metric, "x": x_key}

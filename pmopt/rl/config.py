@@ -43,9 +43,10 @@ class RewardSection:
     aggregate, lam, batch_size) plus the PM's loading options, the EOS penalty and, for a source's reward,
     the source directory (`world`)."""
 
-    # a PM (or ensemble); or, on the world, exact rewards without a model: "gold" (raters' utility with
-    # w_agree = 0) or "raters" (their utility with their own bias: the oracle the PM approximates)
-    kind: Literal["pm", "gold", "raters"] = "pm"
+    # pm (a PM or ensemble dir), a kind added with pmopt.rewards.register_kind, or a data source's own
+    # reward without a model: on the world "gold" (raters' utility with w_agree = 0) or "raters" (their
+    # utility with their own bias: the oracle the PM approximates)
+    kind: str = "pm"
     path: str = ""  # PM directory for kind pm: full, LoRA or ensemble (`pmopt train-pm` output)
     name: str | None = None  # label in curve rows; default: the PM dir name (+ "-nonsyc" with the prefix), as BoN's
     # Sharma et al. 2023 §4.2: the truthfulness prefix prepended at scoring time (null / "none": no prefix)

@@ -20,7 +20,7 @@ import torch
 from pmopt import sources
 from pmopt.config import ConfigError, dump_yaml, to_dict
 from pmopt.io import Manifest, PmoptError, atomic_write_text
-from pmopt.rewards import PM_KINDS, Reward, RewardSpec, build_reward
+from pmopt.rewards import Reward, RewardSpec, build_reward, registered_kinds
 from pmopt.rl.config import PPOConfig
 from pmopt.rl.prompts import load_training_prompts
 
@@ -48,6 +48,16 @@ def check_inputs(cfg: PPOConfig) -> None:
     check_model_path(cfg.policy.path, "policy.path")
     if cfg.reward.kind == "pm" and not Path(cfg.reward.path).exists():
         raise PmoptError(f"reward.path: {cfg.reward.path} does not exist (a `pmopt train-pm` output directory)")
+    if cfg.reward.kind not in registered_kinds():  # a data source's reward: the source must offer it
+        spec = reward_spec(cfg)
+        if not spec.path:
+            raise PmoptError(f"reward.kind: '{cfg.reward.kind}' is not a registered reward kind, so it is a data "
+                             "source's reward, and no source directory is given (reward.world or prompts.world)")
+        offered = sources.open_path(spec.path, "reward.world").reward_kinds()
+        if cfg.reward.kind not in offered:
+            raise PmoptError(f"reward.kind: unknown kind '{cfg.reward.kind}' (registered: "
+                             f"{', '.join(registered_kinds())}; the source at {spec.path} offers: "
+                             f"{', '.join(offered) or 'none'})")
     if cfg.value.path:
         check_model_path(cfg.value.path, "value.path")
     for tracker in cfg.report_to:
@@ -94,7 +104,7 @@ def reward_spec(cfg: PPOConfig) -> RewardSpec:
     """The `reward` section as a `RewardSpec`: a PM's path, or for a source's reward (gold, raters) the
     source directory (`reward.world`, default `prompts.world`)."""
     r = cfg.reward
-    path = r.path if r.kind in PM_KINDS else (r.world or cfg.prompts.world)
+    path = r.path if r.kind in registered_kinds() else (r.world or cfg.prompts.world)
     return RewardSpec(name=cfg.reward_label, kind=r.kind, path=path or None, prefix=r.prefix, aggregate=r.aggregate,
                       lam=r.lam, batch_size=r.batch_size)
 
