@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from pmopt import console
 from pmopt.bon.sweep import BonConfig, BonSettings, PMEntry, run_bon
@@ -42,7 +43,9 @@ class PMStage:
     max_length: int = 128  # tokens of prompt + response + EOS; a longer pair is an error
     unbiased: bool = True  # a second non-sycophantic PM, trained on raters with w_agree = 0
     ensemble_size: int = 2  # K proxy PMs with seeds seed + k (0 or 1: no ensemble)
-    uwo_lambda: float = 1.0  # uncertainty-weighted aggregate: mean - lambda * variance (Coste et al. 2023)
+    ensemble_lam: float = 1.0  # uncertainty-weighted aggregate: mean - lam * variance (Coste et al. 2023)
+    # old key -> its current name; old keys still load (with a notice) for one release
+    RENAMED: ClassVar[dict[str, str]] = {"uwo_lambda": "ensemble_lam"}
 
 
 def _bon_defaults() -> BonSettings:
@@ -96,7 +99,7 @@ def pm_config(cfg: ExperimentConfig, run: Path, pairs_dir: str, ensemble_size: i
         model=ModelSection(name_or_path=str(run / "world" / "policy")),
         data=DataSection(train=str(run / "world" / pairs_dir / "train.jsonl"),
                          eval=str(run / "world" / pairs_dir / "eval.jsonl"), max_length=cfg.pm.max_length),
-        lora=cfg.pm.lora, train=train, ensemble_size=ensemble_size, ensemble_uwo_lambda=cfg.pm.uwo_lambda,
+        lora=cfg.pm.lora, train=train, ensemble_size=ensemble_size, ensemble_lam=cfg.pm.ensemble_lam,
     )
 
 
@@ -130,7 +133,7 @@ def bon_config(cfg: ExperimentConfig, run: Path) -> BonConfig:
     if cfg.pm.ensemble_size > 1:
         for aggregate in ("mean", "worst", "uwo"):
             pms.append(PMEntry(name=f"ens-{aggregate}", path=str(pms_dir / "ensemble"), kind="ensemble",
-                               aggregate=aggregate, lam=cfg.pm.uwo_lambda if aggregate == "uwo" else None))
+                               aggregate=aggregate, lam=cfg.pm.ensemble_lam if aggregate == "uwo" else None))
     pms.append(PMEntry(name="gold", kind="gold"))
     return BonConfig(**settings_of(cfg.bon, BonSettings), world=str(run / "world"), seed=cfg.seed, pms=pms)
 
@@ -258,8 +261,12 @@ RESUMABLE_KEYS = ("seeds", "parallel_seeds")
 def check_same_config(run: Path, cfg: ExperimentConfig) -> None:
     """Resuming with a different config would mix results from two experiments: refuse."""
     saved = run / "config.yaml"
-    if saved.exists() and _without(load_yaml(saved), RESUMABLE_KEYS) != _without(load_yaml_text(dump_yaml(cfg)),
-                                                                               RESUMABLE_KEYS):
+    if not saved.exists():
+        return
+    # compared as typed configs, so a run saved under old key names or before a key existed still matches
+    before = load_config(ExperimentConfig, saved, validate=False)
+    if _without(load_yaml_text(dump_yaml(before)), RESUMABLE_KEYS) != _without(load_yaml_text(dump_yaml(cfg)),
+                                                                                 RESUMABLE_KEYS):
         raise ConfigError(f"{saved}: this run directory was started with a different config; "
                           "use a new --out (or delete the directory) to start over")
 

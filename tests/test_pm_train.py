@@ -75,7 +75,7 @@ def test_lora_pm_saves_score_head_and_reloads_to_the_same_scores(tiny_pm_setup, 
 
 
 def test_ensemble_members_differ_and_aggregate_by_hand(tiny_pm_setup, tmp_path):
-    cfg = tiny_pm_setup.config(ensemble_size=2, ensemble_aggregate="uwo", ensemble_uwo_lambda=0.5,
+    cfg = tiny_pm_setup.config(ensemble_size=2, ensemble_aggregate="uwo", ensemble_lam=0.5,
                                train={"epochs": 2, "batch_size": 16})
     out = train_pm(cfg, tmp_path / "ens")
     spec = json.loads((out / "ensemble.json").read_text())

@@ -119,7 +119,9 @@ class PMTrainConfig:
     ensemble_size: int = 1  # K members, seeds seed + k, in out/member-k/
     ensemble_aggregate: Literal["mean", "worst", "uwo"] = "mean"  # default aggregate recorded in ensemble.json
     # lambda of the uncertainty-weighted aggregate mean - lambda * variance, recorded in ensemble.json
-    ensemble_uwo_lambda: float = 1.0
+    ensemble_lam: float = 1.0
+    # old key -> its current name; old keys still load (with a notice) for one release
+    RENAMED: ClassVar[dict[str, str]] = {"ensemble_uwo_lambda": "ensemble_lam"}
 
     def validate(self) -> None:
         checks = [
@@ -293,7 +295,7 @@ def check_positions(cfg: PMTrainConfig, *columns: dict[str, list]) -> None:
 def write_ensemble_spec(cfg: PMTrainConfig, out: Path, members: list[Path]) -> None:
     atomic_write_json(out / ENSEMBLE_FILE, {
         "members": [m.name for m in members], "aggregate": cfg.ensemble_aggregate,
-        "uwo_lambda": cfg.ensemble_uwo_lambda, "base_model": model_source(cfg.model),
+        "uwo_lambda": cfg.ensemble_lam, "base_model": model_source(cfg.model),
         "seeds": [cfg.train.seed + k for k in range(len(members))],
     })
 
