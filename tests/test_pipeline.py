@@ -1,4 +1,4 @@
-"""`pmopt run`: the main job end to end on a tiny experiment, its resume, and the world's claim (issue 4)."""
+"""`pmopt run`: the main job end to end on a tiny experiment, its resume, and the world's claim."""
 
 from __future__ import annotations
 

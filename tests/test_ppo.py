@@ -389,7 +389,7 @@ def test_report_to_tensorboard_writes_events(tmp_path, tiny_world):
     assert list(out.rglob("events.out.tfevents.*"))
 
 
-# ============================================================================ the claim (issue 5, item 4)
+# ============================================================================ the claim (Sharma et al. 2023 §4.3 under RL)
 
 CLAIM_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "ppo" / "tiny_claim.yaml"
 SYCO = "probe/answer/syco_rate"

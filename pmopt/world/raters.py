@@ -80,7 +80,7 @@ def make_pairs(rng: random.Random, facts: list[Fact], max_number: int, raters: R
 
 def rater_agreement(pairs: list[dict], raters: RatersConfig) -> float:
     """Share of pairs whose label agrees with the raters' own noise-free utility (ties count 1/2):
-    the ceiling a PM is measured against (docs/ARCHITECTURE.md §5; issue 2 asks for >= 0.8 of it)."""
+    the ceiling a PM is measured against (docs/ARCHITECTURE.md §5; a PM should reach >= 0.8 of it)."""
     unbiased = replace(raters, w_agree=0.0)
     total = 0.0
     for pair in pairs:
