@@ -12,7 +12,7 @@ import importlib
 import os
 import sys
 
-from pmopt.io import PmoptError, release_out_dirs
+from pmopt.io import WRITE_ERRNOS, PmoptError, release_out_dirs
 
 # command -> (module, function, help). Modules are imported lazily so `pmopt --help` is instant.
 COMMANDS = {
@@ -182,11 +182,28 @@ def main(argv: list[str] | None = None) -> int:
         one_line = " ".join(part.strip() for part in str(exc).splitlines() if part.strip())
         print(f"pmopt {args.command}: error: {one_line}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        # a full disk in a write pmopt does not make itself (a checkpoint, save_pretrained): pmopt's own
+        # writes say this as a PmoptError; these leave the previous checkpoint, written whole and renamed
+        # into place, as it was
+        if exc.errno not in WRITE_ERRNOS:
+            raise
+        print(f"pmopt {args.command}: error: {disk_error(exc)}", file=sys.stderr)
+        return 2
     finally:
         release_out_dirs()  # the --out lock, however the command ended
     if result is not None:
         print(f"pmopt {args.command}: results in {os.fspath(result)}")
     return 0
+
+
+def disk_error(exc: OSError) -> str:
+    """One line for a failed write that reached the CLI as an OSError (ENOSPC, EDQUOT, EROFS, EACCES)."""
+    import errno
+
+    where = f"{exc.filename}: " if exc.filename else ""
+    return (f"{where}could not write: {WRITE_ERRNOS[exc.errno]} ({errno.errorcode[exc.errno]}); the files and "
+            "checkpoints written before it are intact: make room and rerun the same command to resume")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from typing import ClassVar
 from pmopt import console
 from pmopt.bon.sweep import BonConfig, BonSettings, PMEntry, run_bon
 from pmopt.config import ConfigError, dump_yaml, load_config, load_yaml
+from pmopt.faults import fault_point
 from pmopt.io import Manifest, PmoptError, atomic_write_json, atomic_write_text, environment, prepare_out_dir
 from pmopt.pm.train import DataSection, LoraSection, ModelSection, PMTrainConfig, TrainSection, train_pm
 from pmopt.probes.run import ProbeRunConfig, ProbeSettings, run_probe_config
@@ -209,6 +210,7 @@ def stage_report(cfg: ExperimentConfig, run: Path) -> None:
     from pmopt.report.html import build_report
 
     write_fits(run)  # RUN/fits.json: Gao et al. 2022 forms fitted to the curves, shown in the report
+    fault_point("report.write")
     build_report(run)
 
 

@@ -291,3 +291,59 @@ def test_disk_full_while_score_writes_keeps_previous_scores(tiny_pm, tmp_path, m
     assert "Traceback" not in err
     assert (out / "scores.jsonl").read_bytes() == previous
     assert sorted(p.name for p in out.iterdir()) == ["scores.jsonl"]  # no temp file, no lock file
+
+
+# ----------------------------------------------------------------------------- writes pmopt does not make itself
+
+
+def test_disk_full_in_a_library_write_is_one_line(monkeypatch, capsys, tmp_path):
+    """A full disk inside save_pretrained / torch.save reaches the CLI as an OSError: one line, exit 2."""
+    import pmopt.pm.score as score_module
+    from pmopt.cli import main
+
+    target = tmp_path / "pm" / "model.safetensors"
+
+    def full(args):
+        raise OSError(errno.ENOSPC, "No space left on device", str(target))
+
+    monkeypatch.setattr(score_module, "score_command", full)
+    assert main(["score", "--pm", "pm", "--input", "records.jsonl"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"{target}: could not write: the disk is full (ENOSPC); the files and checkpoints written before it " \
+           "are intact" in err
+
+
+# ----------------------------------------------------------------------------- the fault hook and resume points
+
+
+def test_fault_kill_mode_is_a_real_sigkill():
+    code = "from pmopt.faults import fault_point\nfault_point('x')\nprint('first', flush=True)\nfault_point('x')\nprint('second')"
+    env = {**os.environ, "PMOPT_FAULT": "x:2:kill", "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == -9 and result.stdout == "first\n"
+
+
+def test_incomplete_trainer_checkpoint_is_skipped(tmp_path):
+    """Trainer writes a checkpoint in place, trainer_state.json last: a folder killed mid-save is not resumed."""
+    from pmopt.pm.train import latest_trainer_checkpoint
+
+    for step, state in ((4, "{}"), (8, None), (12, '{"global_st')):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"x")
+        if state is not None:
+            (folder / "trainer_state.json").write_text(state)
+    assert latest_trainer_checkpoint(tmp_path) == tmp_path / "checkpoint-4"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-4"]
+    assert latest_trainer_checkpoint(tmp_path / "none") is None
+
+
+def test_training_loss_is_the_whole_runs():
+    """pmopt_pm.json's train_loss comes from the logged losses (restored on resume), weighted by window."""
+    from pmopt.pm.train import logged_training_loss
+
+    history = [{"loss": 1.0, "step": 4}, {"eval_loss": 9.0, "step": 4}, {"loss": 0.5, "step": 12},
+               {"train_loss": 7.0, "step": 12}]
+    assert logged_training_loss(history, 7.0) == pytest.approx((4 * 1.0 + 8 * 0.5) / 12)
+    assert logged_training_loss([], 7.0) == 7.0

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pmopt import console
+from pmopt.faults import fault_point
 from pmopt.io import PmoptError, RecordError, atomic_write_json, atomic_write_jsonl, iter_jsonl
 from pmopt.records import validate_sample
 from pmopt.sampling import sample
@@ -119,6 +120,7 @@ def generate_shards(out: str | Path, records: list[dict], shard_ids: list[int], 
         rows = sample_rows(model, tokenizer, shard_records(records, k, cfg.shard_size), cfg.n_max,
                            cfg.sampling, cfg.seed)
         atomic_write_jsonl(shard_path(out, k), rows)
+        fault_point("bon.shard")
     # which process drew which shards in the last pass (load balance, and proof of a real split)
     atomic_write_json(Path(out) / SAMPLES_DIR / RANKS_DIR / f"rank-{rank:05d}.json",
                       {"rank": rank, "world_size": world_size, "shards": list(shard_ids),

@@ -44,6 +44,7 @@ from pmopt.bon.shards import (
     write_samples_meta,
 )
 from pmopt.config import ConfigError, dump_yaml, load_config, to_dict
+from pmopt.faults import fault_point
 from pmopt.io import Manifest, PmoptError, agreed_out_dir, atomic_write_text, prepare_out_dir
 from pmopt.pm.loading import PMLoadOptions
 from pmopt.policy import AttnImplementation
@@ -355,6 +356,7 @@ def _finish(out: Path, plan: SweepPlan, device) -> Path:
     for entry in plan.cfg.pms:
         scores[entry.name] = load_or_score(out, entry, plan, samples, device)
         _mark(out, f"scores/{entry.name}")
+        fault_point("bon.score")
     rows = curve_rows(plan, scores, grades, gold, samples)
     write_curves(out, rows, "bon")
     _mark(out, "curves", rows=len(rows), support_mass=support_mass(samples))

@@ -26,6 +26,7 @@ import dataclasses
 import importlib.util
 import json
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -36,8 +37,10 @@ from transformers import TrainerCallback
 from pmopt import console
 from pmopt.config import ConfigError, LoraSection, dump_yaml, load_config
 from pmopt.data.preferences import check_pairs, load_pairs, looks_like_hub_id, pair_source, split_pairs
+from pmopt.faults import fault_point
 from pmopt.io import (
     PmoptError,
+    _distributed_rank,
     agreed_out_dir,
     append_jsonl,
     atomic_write_json,
@@ -327,17 +330,37 @@ def train_member(cfg: PMTrainConfig, k: int, member_dir: Path, tokenizer, train_
     )
     # the bar shows the training loss (and held-out accuracy when train.eval_steps > 0); all logs -> metrics.jsonl
     console.quiet_trainer(trainer, f"train-pm: {label}", {"loss": "loss", "eval_accuracy": "held-out acc"})
+    _fault_inside_checkpoints(trainer)
     checkpoint = latest_trainer_checkpoint(member_dir / "checkpoints")
     if checkpoint is not None and trainer.is_world_process_zero():
         console.info(f"train-pm: resuming member {k} from {checkpoint}")
         append_jsonl(metrics_path, {"event": "resume", "member": k, "checkpoint": checkpoint.name})
-    result = trainer.train(resume_from_checkpoint=True if checkpoint is not None else None)
+    # the path, not True: Trainer's own choice is the newest folder, complete or not
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
     if trainer.is_world_process_zero():
-        accuracy = save_member(cfg, trainer, tokenizer, member_dir, k, eval_ids, result.training_loss, metrics_path)
+        loss = logged_training_loss(trainer.state.log_history, result.training_loss)
+        accuracy = save_member(cfg, trainer, tokenizer, member_dir, k, eval_ids, loss, metrics_path)
         held_out = "no held-out pairs" if accuracy is None else f"held-out accuracy {accuracy:.3f}"
-        console.info(f"train-pm: {label} done: mean training loss {result.training_loss:.4f}, {held_out}")
+        console.info(f"train-pm: {label} done: mean training loss {loss:.4f}, {held_out}")
     trainer.accelerator.wait_for_everyone()
     return member_dir
+
+
+def logged_training_loss(log_history: list[dict], fallback: float) -> float:
+    """The mean training loss of the whole run: the logged losses (one per `logging_steps` window, kept in
+    every checkpoint's trainer_state.json), each weighted by its window's steps.
+
+    Trainer's own `training_loss` covers only the steps this process ran, so after a resume it would differ
+    from an uninterrupted run's; this number does not (when checkpoints fall on logging steps, as with the
+    defaults). `fallback` (Trainer's) when nothing was logged.
+    """
+    total, steps, last = 0.0, 0, 0
+    for row in log_history:
+        if "loss" in row and "step" in row:
+            total += float(row["loss"]) * (row["step"] - last)
+            steps += row["step"] - last
+            last = row["step"]
+    return total / steps if steps else fallback
 
 
 def model_source(model: ModelSection) -> str:
@@ -379,9 +402,46 @@ def checkpointing_kwargs(args_cls: type, enabled: bool) -> dict:
 
 
 def latest_trainer_checkpoint(directory: Path) -> Path | None:
-    """The newest `checkpoint-N` directory a transformers Trainer wrote under `directory`, or None."""
-    checkpoints = [p for p in directory.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
-    return max(checkpoints, key=lambda p: int(p.name.split("-")[-1]), default=None)
+    """The newest complete `checkpoint-N` directory a transformers Trainer wrote under `directory`, or None.
+
+    Trainer writes a checkpoint in place (weights, then optimizer, scheduler and RNG state, then
+    `trainer_state.json`), so a kill mid-save leaves a folder without a readable trainer_state.json:
+    such a folder is skipped (and removed on the main process), and the run resumes from the one before.
+    """
+    checkpoints = sorted((p for p in Path(directory).glob("checkpoint-*")
+                          if p.is_dir() and p.name.split("-")[-1].isdigit()),
+                         key=lambda p: int(p.name.split("-")[-1]), reverse=True)
+    for path in checkpoints:
+        if _complete_checkpoint(path):
+            return path
+        if _distributed_rank() == 0:
+            console.info(f"train-pm: {path} is incomplete (killed while saving?); removed")
+            shutil.rmtree(path, ignore_errors=True)
+    return None
+
+
+def _complete_checkpoint(path: Path) -> bool:
+    try:
+        json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _fault_inside_checkpoints(trainer) -> None:
+    """Test hook: fault site `pm.save` fires inside each Trainer checkpoint, after the weights are written
+    and before the optimizer and trainer state are (pmopt.faults). Off unless PMOPT_FAULT names it."""
+    from pmopt.faults import ENV
+
+    if not os.environ.get(ENV, "").startswith("pm.save:") or not hasattr(trainer, "_save_optimizer_and_scheduler"):
+        return
+    save = trainer._save_optimizer_and_scheduler
+
+    def save_with_fault(output_dir):
+        fault_point("pm.save")
+        return save(output_dir)
+
+    trainer._save_optimizer_and_scheduler = save_with_fault
 
 
 def save_member(cfg: PMTrainConfig, trainer, tokenizer, member_dir: Path, k: int, eval_ids: dict,
@@ -420,7 +480,14 @@ def heldout_accuracy(pm: PreferenceModel, eval_ids: dict, batch_size: int) -> fl
 
 
 def _callbacks(metrics_path: Path, member: int) -> list:
-    return [MetricsCallback(metrics_path, member)]
+    return [MetricsCallback(metrics_path, member), FaultCallback()]
+
+
+class FaultCallback(TrainerCallback):
+    """Fault site `pm.step` at the end of every optimizer step (pmopt.faults; off unless PMOPT_FAULT is set)."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        fault_point("pm.step")
 
 
 def _metric_key(key: str) -> str:

@@ -25,6 +25,7 @@ from typing import Literal
 from pmopt import console
 from pmopt import sources as data_sources  # `sources` is the probe -> file mapping here
 from pmopt.config import dump_yaml, load_config
+from pmopt.faults import fault_point
 from pmopt.io import (
     Manifest,
     PmoptError,
@@ -288,6 +289,7 @@ def run_probe_config(cfg: ProbeRunConfig, out: str | Path | None = None) -> Path
     manifest.mark("probe", "running")
     grades, metrics = evaluate(model, tokenizer, sets, cfg, judge, log=print)
     atomic_write_jsonl(out / "grades.jsonl", grades)
+    fault_point("probe.write")
     atomic_write_json(out / "metrics.json", _json_safe(metrics))
     manifest.mark("probe", "done")
     console.info(format_table(metrics))

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from pmopt import console
+from pmopt.faults import fault_point
 from pmopt.io import PmoptError, atomic_write_json, atomic_write_jsonl, read_metrics
 
 STATE_FILE = "state.json"
@@ -112,6 +113,7 @@ def save_checkpoint(accelerator, root: Path, step: int, module, optimizer, state
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         atomic_write_json(tmp / STATE_FILE, {"format": FORMAT, "version": VERSION, "step": step, **state})
+        fault_point("ppo.save")
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
         prune(root, keep)

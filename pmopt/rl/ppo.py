@@ -33,6 +33,7 @@ import torch
 
 from pmopt import console
 from pmopt.config import ConfigError, load_config
+from pmopt.faults import fault_point
 from pmopt.io import Manifest, PmoptError, agreed_out_dir, append_jsonl, prepare_out_dir
 from pmopt.records import write_curves_csv
 from pmopt.rl import ppo_math
@@ -164,6 +165,7 @@ def train(cfg: PPOConfig, out: Path, reward_fn=None) -> Path:
     bar = progress_bar(cfg, start) if accelerator.is_main_process else None
 
     for step in range(start + 1, cfg.train.steps + 1):
+        fault_point("ppo.step")
         timer = Timer()
         # ------------------------------------------------------------ 4a. rollout
         idx = step_prompt_indices(len(prompts), cfg.train.rollout_batch_size, step, cfg.seed)

@@ -66,7 +66,7 @@ class PolicyModelConfig:
     warmup_steps: int = 100  # linear warmup steps
     weight_decay: float = 0.01  # AdamW weight decay
     threads: int = 0  # torch CPU threads; 0 = leave torch's default
-    checkpoint_every: int = 250  # save model, optimizer and RNG state every this many steps (0 = never)
+    checkpoint_every: int = 100  # save model, optimizer and RNG state every this many steps (0 = never)
 
     def validate(self) -> None:
         checks = [
