@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -27,14 +28,21 @@ CONFIGS = {"previous": REPO / "benchmarks" / "main_job_previous.yaml",
 STAGES = ("world", "pms", "bon", "probes", "report")
 
 
-def pmopt_run(config: Path, out: Path, *extra: str) -> float:
-    """One `pmopt run` as a user starts it; its console (stdout) is kept beside the run as OUT.console.txt."""
-    start = time.perf_counter()
+def pmopt_run(config: Path, out: Path, *extra: str) -> tuple[float, float]:
+    """One `pmopt run` as a user starts it: (wall seconds, CPU seconds of the run and every process it
+    waited for, the seeds' processes included). Its console (stdout) is kept beside the run as OUT.console.txt."""
+    start, cpu_start = time.perf_counter(), _children_cpu()
     result = subprocess.run([sys.executable, "-m", "pmopt.cli", "run", str(config), "--out", str(out), *extra],
                             check=True, stdout=subprocess.PIPE, text=True, cwd=REPO)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, _children_cpu() - cpu_start
     out.with_suffix(".console.txt").write_text(result.stdout, encoding="utf-8")
-    return seconds
+    return seconds, cpu
+
+
+def _children_cpu() -> float:
+    """User + system CPU seconds of every finished child process (and the processes they waited for)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def stage_seconds(run: Path) -> dict[str, float]:
@@ -44,22 +52,22 @@ def stage_seconds(run: Path) -> dict[str, float]:
 
 def one_seed(kind: str, root: Path) -> dict:
     out = root / f"{kind}-1"
-    wall = pmopt_run(CONFIGS[kind], out)
-    return {"wall": wall, "stages": stage_seconds(out)}
+    wall, cpu = pmopt_run(CONFIGS[kind], out)
+    return {"wall": wall, "cpu": cpu, "stages": stage_seconds(out)}
 
 
 def three_seeds(kind: str, root: Path) -> dict:
     if kind == "current":
         out = root / "current-3"
-        wall = pmopt_run(CONFIGS[kind], out, "--seeds", "0,1,2")
+        wall, cpu = pmopt_run(CONFIGS[kind], out, "--seeds", "0,1,2")
         per_seed = {k: stage_seconds(out / f"seed-{k}") for k in range(3)}
-        return {"wall": wall, "per_seed_stages": per_seed}
-    wall, per_seed = 0.0, {}
+        return {"wall": wall, "cpu": cpu, "per_seed_stages": per_seed}
+    wall, cpu, per_seed = 0.0, 0.0, {}
     for k in range(3):
         out = root / f"previous-3-{k}"
-        wall += pmopt_run(CONFIGS[kind], out, "--set", f"seed={k}", "--set", f"world.seed={k}")
-        per_seed[k] = stage_seconds(out)
-    return {"wall": wall, "per_seed_stages": per_seed}
+        seconds, used = pmopt_run(CONFIGS[kind], out, "--set", f"seed={k}", "--set", f"world.seed={k}")
+        wall, cpu, per_seed[k] = wall + seconds, cpu + used, stage_seconds(out)
+    return {"wall": wall, "cpu": cpu, "per_seed_stages": per_seed}
 
 
 def machine() -> dict:
@@ -69,11 +77,12 @@ def machine() -> dict:
 
 
 def table(results: dict) -> str:
-    lines = ["| run | wall | " + " | ".join(STAGES) + " |", "|---|---:|" + "---:|" * len(STAGES)]
+    lines = ["| run | wall | CPU | " + " | ".join(STAGES) + " |", "|---|---:|---:|" + "---:|" * len(STAGES)]
     for name, result in results.items():
         stages = result.get("stages") or _mean_stages(result.get("per_seed_stages", {}))
         cells = [f"{stages[s]:.0f} s" if s in stages else "" for s in STAGES]
-        lines.append(f"| {name} | **{result['wall'] / 60:.1f} min** | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | **{result['wall'] / 60:.1f} min** | {result['cpu'] / 60:.1f} min | "
+                     + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -99,7 +108,8 @@ def main() -> None:
             print(f"{name}: {results[name]['wall']:.0f} s", flush=True)
     info["load_average_end"] = os.getloadavg()
     print(f"\nmachine: {info['cpu']}, {info['cpu_count']} CPUs, load {info['load_average_start']} -> "
-          f"{info['load_average_end']}\n(stage columns of 3-seed runs: mean per seed)\n")
+          f"{info['load_average_end']}\n(stage columns of 3-seed runs: mean per seed; CPU: user + system time of the run's processes, "
+          f"so CPU / {os.cpu_count()} is the least wall time this machine could take when idle)\n")
     print(table(results))
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": info, "results": results}, indent=2))
