@@ -79,11 +79,11 @@ def run_cells(cells: list[Cell], manifest: Manifest, workers: int, threads: int)
         if cell not in todo:
             console.info(f"run: {cell.label}: done earlier, skipped")
     if todo:
-        where = cells[0].dir.parent.parent if "/" in cells[0].name else cells[0].dir.parent
-        pattern = "<cell>" if "/" in cells[0].name else "seed-<k>"
-        console.info(f"run: {len(todo)} {'cell' if '/' in cells[0].name else 'seed'}(s) to run "
-                     f"({', '.join(c.label.replace('seed ', '') if '/' not in c.name else c.name for c in todo)}), "
-                     f"{workers} at a time, {threads} torch thread(s) each; logs in {where / pattern / 'log.txt'}")
+        swept = "/" in cells[0].name  # <leaf>-<value>/seed-<k>
+        names = ", ".join(c.name if swept else c.name.removeprefix("seed-") for c in todo)
+        logs = (cells[0].dir.parent.parent / "<cell>" if swept else cells[0].dir.parent / "seed-<k>") / "log.txt"
+        console.info(f"run: {len(todo)} {'cell' if swept else 'seed'}(s) to run ({names}), {workers} at a time, "
+                     f"{threads} torch thread(s) each; logs in {logs}")
     timings = {}
     if workers == 1:
         for cell in todo:
