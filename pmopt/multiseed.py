@@ -19,7 +19,7 @@ import json
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -44,44 +44,67 @@ SEEDS_PER_CORE = 4
 
 
 def worker_count(cfg) -> int:
+    return worker_count_for(cfg, len(cfg.seeds))
+
+
+def worker_count_for(cfg, cells: int) -> int:
+    """Processes at once for `cells` independent runs: `parallel_seeds`, or up to SEEDS_PER_CORE per core."""
     if cfg.parallel_seeds > 0:
-        return min(cfg.parallel_seeds, len(cfg.seeds))
+        return max(1, min(cfg.parallel_seeds, cells))
     slots = SEEDS_PER_CORE * (os.cpu_count() or 1) // max(cfg.threads_per_seed, 1)
-    return max(1, min(len(cfg.seeds), slots))
+    return max(1, min(cells, slots))
 
 
-def run_seeds(cfg, run: Path, manifest: Manifest) -> dict[int, float]:
+@dataclass
+class Cell:
+    """One independent run of the experiment: a seed, or a (sweep value, seed) pair (pmopt.sweep)."""
+
+    name: str  # its mark in RUN's manifest and its folder under RUN: seed-<k>, <leaf>-<value>/seed-<k>
+    label: str  # how the console names it: "seed 1", "w_agree = 1.5, seed 1"
+    cfg: object  # the experiment it runs (one seed, no sweep)
+    dir: Path
+
+
+def run_seeds(cfg, run: Path, manifest: Manifest) -> dict[str, float]:
     """Every unfinished seed, `worker_count` at a time; returns each finished seed's seconds."""
-    todo = [k for k in cfg.seeds if not manifest.is_done(f"seed-{k}")]
-    for k in cfg.seeds:
-        if k not in todo:
-            console.info(f"run: seed {k}: done earlier, skipped")
-    workers = worker_count(cfg)
+    cells = [Cell(f"seed-{k}", f"seed {k}", seed_config(cfg, k), run / SEED_DIR.format(k)) for k in cfg.seeds]
+    return run_cells(cells, manifest, worker_count(cfg), cfg.threads_per_seed)
+
+
+def run_cells(cells: list[Cell], manifest: Manifest, workers: int, threads: int) -> dict[str, float]:
+    """Every cell not marked done in `manifest`, `workers` at a time in spawned processes (in this process when
+    one), each with `threads` torch threads; marks each done as it finishes; returns {name: seconds}."""
+    todo = [c for c in cells if not manifest.is_done(c.name)]
+    for cell in cells:
+        if cell not in todo:
+            console.info(f"run: {cell.label}: done earlier, skipped")
     if todo:
-        console.info(f"run: {len(todo)} seed(s) to run ({', '.join(map(str, todo))}), {workers} at a time, "
-              f"{cfg.threads_per_seed} torch thread(s) each; logs in {run / 'seed-<k>' / 'log.txt'}")
+        swept = "/" in cells[0].name  # <leaf>-<value>/seed-<k>
+        names = ", ".join(c.name if swept else c.name.removeprefix("seed-") for c in todo)
+        logs = (cells[0].dir.parent.parent / "<cell>" if swept else cells[0].dir.parent / "seed-<k>") / "log.txt"
+        console.info(f"run: {len(todo)} {'cell' if swept else 'seed'}(s) to run ({names}), {workers} at a time, "
+                     f"{threads} torch thread(s) each; logs in {logs}")
     timings = {}
     if workers == 1:
-        for k in todo:
-            timings[k] = run_one_seed(seed_config(cfg, k), run / SEED_DIR.format(k), cfg.threads_per_seed)
-            _seed_done(manifest, run, k, timings[k])
+        for cell in todo:
+            timings[cell.name] = run_one_seed(cell.cfg, cell.dir, threads)
+            _cell_done(manifest, cell, timings[cell.name])
         return timings
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        futures = {pool.submit(run_one_seed, seed_config(cfg, k), run / SEED_DIR.format(k), cfg.threads_per_seed): k
-                   for k in todo}
+        futures = {pool.submit(run_one_seed, cell.cfg, cell.dir, threads): cell for cell in todo}
         for future in as_completed(futures):
-            k = futures[future]
-            timings[k] = future.result()
-            _seed_done(manifest, run, k, timings[k])
+            cell = futures[future]
+            timings[cell.name] = future.result()
+            _cell_done(manifest, cell, timings[cell.name])
     return timings
 
 
-def _seed_done(manifest: Manifest, run: Path, seed: int, seconds: float) -> None:
-    manifest.mark(f"seed-{seed}", "done", seconds=seconds)
-    claim = claim_of(run / SEED_DIR.format(seed))
+def _cell_done(manifest: Manifest, cell: Cell, seconds: float) -> None:
+    manifest.mark(cell.name, "done", seconds=seconds)
+    claim = claim_of(cell.dir)
     verdict = "" if claim is None else f"; claim {'holds' if claim['holds'] else 'does NOT hold'}: " + \
         " / ".join(line.split(":", 1)[1].strip() for line in headline(claim))
-    console.info(f"run: seed {seed} done in {seconds:.0f} s{verdict}")
+    console.info(f"run: {cell.label} done in {seconds:.0f} s{verdict}")
 
 
 def run_one_seed(cfg, seed_dir: Path, threads: int) -> float:
@@ -144,4 +167,4 @@ def print_headline(claims: dict) -> None:
     console.result(f"run: {claims['verdict']}")
 
 
-__all__ = ["run_seeds", "aggregate", "claims_summary", "print_headline", "seed_config", "worker_count", "claim_of"]
+__all__ = ["Cell", "run_cells", "worker_count_for", "run_seeds", "aggregate", "claims_summary", "print_headline", "seed_config", "worker_count", "claim_of"]

@@ -8,6 +8,8 @@ Reads (docs/ARCHITECTURE.md §4, §9):
     RUN/fits.json                                optional: Gao et al. 2022 fits (`pmopt fit`)
     RUN/world/world_stats.json, RUN/probes/metrics.json, RUN/aggregate/*.json   optional tables
     RUN/config.yaml                              optional, shown verbatim
+    RUN/dose_response.json                       a sweep's dose-response (pmopt.sweep): then the page opens
+                                                 with it, and curve files are optional
 Writes (default OUT = RUN/report):
     OUT/plots/*.png (every metric), OUT/plots/headline.png, OUT/summary.csv, OUT/report.html.
 The page opens with the key result (the claim in words with its intervals, the headline figure: the claim's
@@ -30,11 +32,12 @@ from pathlib import Path
 from pmopt.io import PmoptError, atomic_write_text, prepare_out_dir, read_json_file, read_jsonl
 from pmopt.records import CURVE_X, validate_curve_row
 from pmopt.report.key_result import check_claims, key_sentences
-from pmopt.report.plots import plot_all, plot_fits, plot_headline
+from pmopt.report.plots import plot_all, plot_dose_response, plot_fits, plot_headline
 from pmopt.report.pm_legend import LegendRow, legend_rows
 from pmopt.report.tables import aggregate_rows, check_aggregate, interval_cell, is_aggregate, json_rows
 
 CURVE_FILES = ("bon/curves.jsonl", "ppo/curves.jsonl", "curves.jsonl")
+DOSE_FILE = "dose_response.json"
 JSON_TABLES = (("World statistics", "world/world_stats.json"), ("Probe metrics", "probes/metrics.json"),
                ("World statistics over seeds", "aggregate/world_stats.json"),
                ("Probe metrics over seeds", "aggregate/probe_metrics.json"))
@@ -68,7 +71,9 @@ def report_command(args) -> Path:
 def build_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path:
     """Plots, summary.csv and report.html for `run_dir`; everything is read and checked before writing."""
     run_dir = check_run_dir(run_dir)
-    rows = load_curves(run_dir)
+    dose = _read_json_dict(run_dir / DOSE_FILE) if (run_dir / DOSE_FILE).is_file() else None
+    has_curves = any((run_dir / name).is_file() for name in CURVE_FILES)
+    rows = load_curves(run_dir) if dose is None or has_curves else []
     tables = [(title, run_dir / name, _read_json_dict(run_dir / name)) for title, name in JSON_TABLES
               if (run_dir / name).is_file()]
     for _, path, data in tables:
@@ -85,10 +90,11 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
     out_dir = Path(out_dir) if out_dir is not None else run_dir / "report"
     plots = plot_all(rows, out_dir / "plots") + plot_fits(fits, out_dir / "plots" / "fits")
     headline = _headline_plot(rows, claims, out_dir / "plots" / "headline.png")
+    dose_plot = _dose_plot(dose, out_dir / "plots" / "dose_response.png")
     summary = summary_rows(rows)
     atomic_write_text(out_dir / "summary.csv", summary_csv(summary))
     page = render_html(Page(run_dir, out_dir, rows, summary, plots, headline, legend, tables, config_text,
-                            fits, claims))
+                            fits, claims, dose, dose_plot))
     return atomic_write_text(out_dir / "report.html", page)
 
 
@@ -99,6 +105,15 @@ def _headline_plot(rows: list[dict], claims: dict | None, path: Path) -> Path | 
     try:
         return plot_headline(rows, metrics, path)
     except ValueError:
+        return None
+
+
+def _dose_plot(dose: dict | None, path: Path) -> Path | None:
+    if dose is None:
+        return None
+    try:
+        return plot_dose_response(dose, path)
+    except (ValueError, KeyError):
         return None
 
 
@@ -217,6 +232,8 @@ class Page:
     config_text: str | None
     fits: list[dict]
     claims: dict | None
+    dose: dict | None = None  # a sweep's dose_response.json
+    dose_plot: Path | None = None
 
 
 def render_html(page: Page) -> str:
@@ -228,8 +245,8 @@ def render_html(page: Page) -> str:
         f"<h1>pmopt report: {name}</h1>",
         f'<p class="note">Run directory {_e(str(page.run_dir.resolve()))}; generated '
         f"{_dt.datetime.now().isoformat(timespec='seconds')}.</p>",
-        *_key_result(page),
-        *_legend_section(page.legend),
+        *(_dose_section(page) if page.dose is not None else _key_result(page)),
+        *(_legend_section(page.legend) if page.legend else []),
         *_fits_section(page.fits),
     ]
     if curated:
@@ -255,6 +272,37 @@ def _key_result(page: Page) -> list[str]:
                              "base policy, every PM (best-of-n solid, PPO dashed; bands: 95% intervals)."))
     parts += _per_seed_table(page.claims or {})
     parts.append("</section>")
+    return parts
+
+
+def _dose_section(page: Page) -> list[str]:
+    """A sweep's answer first: does each measure respond to the swept value, the figure, then the table."""
+    from pmopt.analysis.dose_response import MEASURES
+
+    dose = page.dose
+    leaf = dose["key"].rsplit(".", 1)[-1]
+    parts = ['<section id="key-result">', f"<h2>Key result: dose-response over {_e(dose['key'])}</h2>"]
+    parts += [f'<p class="answer">{_e(line)}</p>' for line in dose.get("sentences", [])]
+    if page.dose_plot is not None:
+        parts.append(_figure(page.dose_plot, "headline", f"Each measure against {leaf}: mean over seeds (line), "
+                             "95% two-stage bootstrap interval (band), each seed (dots)."))
+    names = [m for m in MEASURES if m in dose["measures"]]
+    xs = sorted({p["x"] for m in names for p in dose["measures"][m]["points"]})
+    head = f"<tr><th>{_e(leaf)}</th>" + "".join(f"<th>{_e(dose['measures'][m]['label'])}</th>" for m in names) + "</tr>"
+    body = []
+    for x in xs:
+        cells = []
+        for m in names:
+            point = next((p for p in dose["measures"][m]["points"] if p["x"] == x), None)
+            cells.append("" if point is None else interval_cell(point["mean"], point["ci_low"], point["ci_high"], 3))
+        body.append(f"<tr><td>{_e(format(x, 'g') if isinstance(x, float) else str(x))}</td>"
+                    + "".join(f'<td class="num">{c}</td>' for c in cells) + "</tr>")
+    folders = ", ".join(_e(f) for f in dose.get("folders", {}).values())
+    parts += [f"<table>{head}{''.join(body)}</table>",
+              f'<p class="note">Mean over seeds {_e(str(dose.get("seeds", "")))} [95% two-stage bootstrap interval]; '
+              f"each value's curves, claim and statistics over seeds are in its folder ({folders}); "
+              "<code>pmopt report</code> on one of them draws its curves. Also dose_response.csv.</p>",
+              "</section>"]
     return parts
 
 

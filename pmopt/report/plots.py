@@ -110,6 +110,54 @@ def plot_headline(rows: list[dict], metrics: list[str], path: str | Path) -> Pat
     return _write_png(fig, path)
 
 
+DOSE_SIZE = (11.0, 3.3)  # four panels in a row: the sweep's first screen
+DOSE_PANELS = (("pm_prefers_sycophantic",), ("raters_agreement_weight",),
+               ("bon_syco_rate_proxy", "bon_syco_rate_prefixed"))
+
+
+def plot_dose_response(result: dict, path: str | Path) -> Path:
+    """Each dose-response measure against the swept value (pmopt.analysis.dose_response): the mean over seeds
+    with its 95% interval as a band, each seed's value as a small dot; best-of-N under the proxy and the
+    prefixed PM share a panel, in the proxy family's two shades."""
+    measures = result["measures"]
+    panels = [[m for m in group if m in measures] for group in DOSE_PANELS]
+    panels = [group for group in panels if group]
+    if not panels:
+        raise ValueError("no dose-response measures to plot")
+    fig = Figure(figsize=DOSE_SIZE, dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    leaf = result["key"].rsplit(".", 1)[-1]
+    shades = {"bon_syco_rate_proxy": (FAMILY_SHADES["proxy"][0], "o", "proxy PM"),
+              "bon_syco_rate_prefixed": (FAMILY_SHADES["proxy"][1], "s", "prefixed PM (proxy-nonsyc)")}
+    for i, group in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        ax.grid(True, color="#dddddd", linewidth=0.8)
+        ax.set_axisbelow(True)
+        for side in ("top", "right"):
+            ax.spines[side].set_visible(False)
+        for m in group:
+            colour, marker, label = shades.get(m, (FAMILY_SHADES["proxy"][0], "o", None))
+            points = sorted(measures[m]["points"], key=lambda p: p["x"])
+            xs = [p["x"] for p in points]
+            ax.plot(xs, [p["mean"] for p in points], marker=marker, color=colour, linewidth=LINE_WIDTH, label=label)
+            band = [p for p in points if _finite(p.get("ci_low")) and _finite(p.get("ci_high"))]
+            if band:
+                ax.fill_between([p["x"] for p in band], [p["ci_low"] for p in band], [p["ci_high"] for p in band],
+                                color=colour, alpha=BAND_ALPHA["bon"], linewidth=0)
+            for p in points:
+                ax.scatter([p["x"]] * len(p["seed_values"]), p["seed_values"], s=9, color=colour, alpha=0.5,
+                           linewidths=0)
+        title = measures[group[0]]["label"] if len(group) == 1 else "best-of-N syco_rate (answer probe)"
+        ax.set_title(title, fontsize="medium")
+        ax.set_xlabel(leaf)
+        ax.set_xticks(sorted({p["x"] for m in group for p in measures[m]["points"]}))
+        if group[0] != "raters_agreement_weight":
+            ax.set_ylim(-0.03, 1.03)
+        if len(group) > 1:
+            ax.legend(frameon=False, fontsize="small")
+    return _write_png(fig, path)
+
+
 def plot_all(rows: list[dict], out_dir: str | Path) -> list[Path]:
     """One PNG per metric for each axis that has data: `<metric>_vs_n.png`, `<metric>_vs_kl.png` and,
     where the sweep computed `kl/support`, `<metric>_vs_kl_support.png`."""

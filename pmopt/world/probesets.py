@@ -73,3 +73,25 @@ def build_probe_sets(rng: random.Random, facts: list[Fact], max_number: int, cfg
         "mimicry": mimicry_set(rng, facts, max_number, cfg.n_mimicry),
         "truthfulness": truthfulness_set(rng, facts, max_number, cfg.n_truthfulness),
     }
+
+
+def sycophancy_choices(operand_max: int) -> dict[str, list]:
+    """Every suggest_wrong prompt the world can pose (each fact with each wrong number: 200 on the tiny world,
+    1,800 on the default one) with its sycophantic and its truthful answer, for measuring how often a PM
+    prefers the first (Sharma et al. 2023 §4.1's "PM prefers sycophantic over baseline truthful responses").
+
+    Returns {"prompts", "sycophantic", "truthful", "clusters"}: a fact's prompts share a cluster (its id),
+    so intervals resample facts, not prompts that differ only in the wrong number."""
+    from pmopt.world.texts import ANSWER_RESPONSES, all_facts
+
+    out: dict[str, list] = {"prompts": [], "sycophantic": [], "truthful": [], "clusters": []}
+    for fact in all_facts(operand_max):
+        for wrong in range(2 * operand_max + 1):
+            if wrong == fact.answer:
+                continue
+            messages, _ = answer_prompt(fact, "suggest_wrong", wrong)
+            out["prompts"].append(messages)
+            out["sycophantic"].append(ANSWER_RESPONSES["agree"].format(x=wrong))
+            out["truthful"].append(ANSWER_RESPONSES["disagree"].format(x=fact.answer))
+            out["clusters"].append(fact.id)
+    return out
