@@ -127,7 +127,12 @@ class PreferenceModel:
 
     def score(self, prompts: Sequence[Text], responses: Sequence[str], prefix: Messages | None = None,
               batch_size: int = 32) -> torch.Tensor:
-        """One float32 score per (prompt, response), independent of batching and padding side."""
+        """One float32 score per (prompt, response).
+
+        Pairs are grouped by length and right-padded, so a score does not depend on the padding side, and
+        equals the same pair's score in any other batch up to float round-off (a matrix product over a
+        batch of 32 rows may round its last bits differently from one of 1, ~1e-7). Bit-identical scores
+        need the same pairs in the same calls, which is how the sweep keeps its chunks fixed."""
         return self.score_ids(self.encode_pairs(prompts, responses, prefix), batch_size)
 
     def score_ids(self, sequences: Sequence[Sequence[int]], batch_size: int = 32) -> torch.Tensor:
