@@ -190,11 +190,34 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"pmopt {args.command}: error: {disk_error(exc)}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        # torch.save and safetensors wrap a failed write in their own errors (a RuntimeError "file write
+        # failed", a SafetensorError "IoError(Os { code: 28, kind: StorageFull ...})")
+        full = wrapped_disk_error(exc)
+        if full is None:
+            raise
+        print(f"pmopt {args.command}: error: {disk_error(full)}", file=sys.stderr)
+        return 2
     finally:
         release_out_dirs()  # the --out lock, however the command ended
     if result is not None:
         print(f"pmopt {args.command}: results in {os.fspath(result)}")
     return 0
+
+
+# how torch's and safetensors' writers describe a full disk inside their own exceptions
+_WRAPPED_DISK_FULL = ("No space left on device", "StorageFull", "file write failed", "Disk quota exceeded")
+
+
+def wrapped_disk_error(exc: BaseException) -> OSError | None:
+    """The full-disk OSError a library exception stands for, or None when it is anything else."""
+    text = str(exc)
+    if not any(marker in text for marker in _WRAPPED_DISK_FULL):
+        return None
+    import errno
+
+    code = errno.EDQUOT if "quota" in text.lower() else errno.ENOSPC
+    return OSError(code, os.strerror(code))
 
 
 def disk_error(exc: OSError) -> str:

@@ -314,6 +314,38 @@ def test_disk_full_in_a_library_write_is_one_line(monkeypatch, capsys, tmp_path)
            "are intact" in err
 
 
+@pytest.mark.parametrize("error", [
+    RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file data/0: "
+                 "file write failed"),
+    RuntimeError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on '
+                 'device" })'),
+])
+def test_disk_full_wrapped_by_torch_or_safetensors_is_one_line(monkeypatch, capsys, error):
+    """torch.save and safetensors report a full disk in their own exceptions: still one line, exit 2."""
+    import pmopt.pm.score as score_module
+    from pmopt.cli import main
+
+    def full(args):
+        raise error
+
+    monkeypatch.setattr(score_module, "score_command", full)
+    assert main(["score", "--pm", "pm", "--input", "records.jsonl"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and "the disk is full (ENOSPC)" in err, err
+
+
+def test_other_library_errors_are_not_disguised(monkeypatch):
+    import pmopt.pm.score as score_module
+    from pmopt.cli import main
+
+    def broken(args):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    monkeypatch.setattr(score_module, "score_command", broken)
+    with pytest.raises(RuntimeError, match="shapes"):
+        main(["score", "--pm", "pm", "--input", "records.jsonl"])
+
+
 # ----------------------------------------------------------------------------- the fault hook and resume points
 
 
