@@ -21,7 +21,10 @@ SCRIPT = Path(__file__).resolve().parents[1] / "jobs" / "slurm_multinode.sbatch"
 STUBS = {
     # srun OPTIONS... COMMAND ARGS...: drop the options, run the command (one node's task)
     "srun": '#!/usr/bin/env bash\nwhile [[ "$1" == --* ]]; do shift; done\nexec "$@"\n',
-    "scontrol": '#!/usr/bin/env bash\n[[ "$1 $2" == "show hostnames" ]] || exit 9\nprintf "node-a\\nnode-b\\n"\n',
+    # a large allocation: more hostnames than a pipe buffer holds, so a reader that stops at the first
+    # line (head -n 1) would SIGPIPE scontrol and, under pipefail, end the job
+    "scontrol": '#!/usr/bin/env bash\n[[ "$1 $2" == "show hostnames" ]] || exit 9\nprintf "node-a\\nnode-b\\n"\n'
+                'seq -f "node-%06g" 1 100000\n',
     "accelerate": f"#!{sys.executable}\nimport json, os, sys\n"
                   "open(os.environ['ARGV_OUT'], 'w').write(json.dumps(sys.argv[1:]))\n",
 }
