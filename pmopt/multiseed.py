@@ -26,8 +26,8 @@ from pathlib import Path
 from pmopt import console
 from pmopt.analysis.claims import bon_claim, headline, verdict_sentence
 from pmopt.analysis.seeds import aggregate_rows, aggregate_scalars
-from pmopt.bon.curves import write_curves
 from pmopt.io import Manifest, atomic_write_json, atomic_write_jsonl, read_jsonl
+from pmopt.records import write_curves
 
 SEED_DIR = "seed-{}"
 
@@ -140,7 +140,7 @@ def aggregate(cfg, run: Path) -> dict:
                     if (d / stage / "curves.jsonl").is_file()}
         if len(per_seed) == len(dirs):
             rows = aggregate_rows(per_seed, n_boot=cfg.bon.n_boot, seed=0)
-            write_curves(run / stage, rows) if stage == "bon" else atomic_write_jsonl(run / stage / "curves.jsonl", rows)
+            write_curves(run / stage, rows, "bon") if stage == "bon" else atomic_write_jsonl(run / stage / "curves.jsonl", rows)
     for name, relative in (("world_stats", "world/world_stats.json"), ("probe_metrics", "probes/metrics.json")):
         per_seed = {k: json.loads((d / relative).read_text(encoding="utf-8")) for k, d in dirs.items()
                     if (d / relative).is_file()}

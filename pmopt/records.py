@@ -128,16 +128,17 @@ def validate_curve_row(record: dict, error) -> None:
     lowest = 1 if method == "bon" else 0
     if isinstance(x, bool) or not isinstance(x, int) or x < lowest:
         raise error(x_key, f"expected an integer >= {lowest} for a {method} row, got {x!r}")
-    if not _is_number(record.get("value")):
+    if not is_number(record.get("value")):
         raise error("value", f"expected a number, got {record.get('value')!r}")
     for field in ("kl", "ci_low", "ci_high"):
         if field not in record:
             raise error(field, "missing (use null when there is no value)")
-        if record[field] is not None and not _is_number(record[field]):
+        if record[field] is not None and not is_number(record[field]):
             raise error(field, f"expected a number or null, got {record[field]!r}")
 
 
-def _is_number(value) -> bool:
+def is_number(value) -> bool:
+    """An int or float, not a bool (JSON's numbers)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 

@@ -16,6 +16,7 @@ A new kind is one function `builder(spec, options) -> Reward` passed to `registe
 from __future__ import annotations
 
 import gc
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -61,21 +62,23 @@ class RewardSpec:
         return prefix
 
 
-class Reward:
+class Reward(ABC):
     """A scorer of (prompt, response) pairs; `extra` holds per-call diagnostics (e.g. ensemble spread)."""
 
     name: str = ""
     extra: dict[str, float]
 
+    @abstractmethod
     def __call__(self, prompts: Sequence, responses: Sequence[str], metas: Sequence[dict]) -> torch.Tensor:
-        raise NotImplementedError
+        """(B,) scores, one per (prompt, response)."""
 
     def members(self, prompts: Sequence, responses: Sequence[str], metas: Sequence[dict]) -> torch.Tensor:
         """(K, B) scores of an ensemble's members; (1, B) for any other reward."""
         return self(prompts, responses, metas).unsqueeze(0)
 
     def close(self) -> None:
-        """Release the model (one PM resident at a time)."""
+        """Release the model (one PM resident at a time); a reward without one holds nothing."""
+        return None
 
 
 class PMReward(Reward):

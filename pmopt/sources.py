@@ -128,7 +128,10 @@ def get(name: str) -> Source:
 def of_record(meta: dict) -> Source | None:
     """The registered source that grades this record exactly, or None (graded by a judge instead)."""
     name = meta.get("source")
-    return registered().get(name) if isinstance(name, str) else None
+    if not isinstance(name, str):
+        return None
+    _load_entry_points()  # once; this runs for every graded sample, so no copy of the registry here
+    return _SOURCES.get(name)
 
 
 def open_path(path: str | Path, what: str = "source") -> OpenSource:

@@ -25,7 +25,6 @@ import numpy as np
 
 from pmopt.bon.estimator import bon_curve, bon_expectations, kl_bound, support_bon_kl
 from pmopt.records import bon_curve_row
-from pmopt.records import write_curves as write_curve_files
 from pmopt.stats import percentile_interval, resampled_means
 
 
@@ -113,10 +112,5 @@ def curve_row(pm: str, n: int, metric: str, value: float, low: float, high: floa
     return bon_curve_row(pm, n, kl_bound(int(n)), metric, value, low, high, n_prompts)
 
 
-def write_curves(out, rows: list[dict]) -> None:
-    """`pmopt.records.write_curves(out, rows, "bon")`, under the name `pmopt.multiseed` imports."""
-    write_curve_files(out, rows, "bon")
-
-
 __all__ = ["curve_rows", "expected_outcomes", "probe_rows", "scalar_rows", "support_kl_rows", "support_mass",
-           "curve_row", "write_curves"]
+           "curve_row"]

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from pmopt.io import PmoptError
+from pmopt.records import is_number
 
 POINT_KEYS = ("value", "weight", "mean")  # an estimate's key beside ci_low / ci_high
 BOUND_KEYS = ("ci_low", "ci_high")
@@ -42,7 +43,7 @@ def interval_cell(value, low=None, high=None, digits: int = DIGITS) -> str:
 def _point_key(obj: Mapping) -> str | None:
     if not all(k in obj for k in BOUND_KEYS):
         return None
-    return next((k for k in POINT_KEYS if _is_number(obj.get(k))), None)
+    return next((k for k in POINT_KEYS if is_number(obj.get(k))), None)
 
 
 def json_rows(data: Mapping, prefix: str = "") -> list[tuple[str, str]]:
@@ -104,10 +105,6 @@ def _group_points(values: Mapping) -> dict[str, dict[str, Mapping]]:
         else:
             groups.setdefault(key, {})[""] = stat
     return groups
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 __all__ = ["aggregate_rows", "check_aggregate", "interval_cell", "is_aggregate", "json_rows", "number"]
