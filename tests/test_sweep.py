@@ -18,6 +18,7 @@ from pmopt.analysis.dose_response import (
     dose_response,
     dose_response_csv,
     preference_rate,
+    sentence,
     table_lines,
     trend,
 )
@@ -218,6 +219,17 @@ def test_dose_response_json_csv_and_table_are_exact():
         "3        2      1.00 [1.00, 1.00]       9.00 [9.00, 9.00]",
     ]
 
+
+
+def test_a_sentence_says_saturating_only_for_a_measure_that_rises():
+    def measure(*triples):
+        points = [{"x": x, "mean": m, "ci_low": lo, "ci_high": hi} for x, m, lo, hi in triples]
+        return {"label": "m", "points": points, "trend": trend(points)}
+
+    risen = sentence("w", "m", measure((0, 0.1, 0.0, 0.2), (1, 0.9, 0.85, 0.95), (3, 0.92, 0.9, 0.95)))
+    assert risen.endswith("rises monotonically, saturating from w = 1")
+    settled = sentence("w", "m", measure((0, 0.5, 0.3, 0.7), (1, 0.2, 0.15, 0.25), (3, 0.21, 0.15, 0.25)))
+    assert "saturating" not in settled and settled.endswith("flat within its intervals from w = 1")
 
 # ----------------------------------------------------------------------------- the instrument responds
 

@@ -176,8 +176,10 @@ def sentence(key: str, name: str, measure: Mapping) -> str:
         shape += ", with a resolvable fall between " + "; ".join(f"{leaf} = {_x(a)} and {_x(b)}" for a, b in t["reversals"])
     if t["saturates_at"] is not None and t["saturates_at"] == bottom["x"]:
         shape += ", flat within its intervals over the whole range"
-    elif t["saturates_at"] is not None:
+    elif t["saturates_at"] is not None and t["rises"]:
         shape += f", saturating from {leaf} = {_x(t['saturates_at'])}"
+    elif t["saturates_at"] is not None:  # settled without rising: nothing saturated
+        shape += f", flat within its intervals from {leaf} = {_x(t['saturates_at'])}"
     elif len(pts) > 1:
         shape += ", not saturated within the range"
     return (f"{measure['label']}: {_cell(bottom)} at {leaf} = {_x(bottom['x'])} -> {_cell(top)} at {leaf} = "
