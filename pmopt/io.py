@@ -306,6 +306,18 @@ LOCK_FILE = ".pmopt.lock"
 _HELD_LOCKS: list[OutDirLock] = []
 
 
+@contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (created if missing), waiting while another process holds it. The kernel
+    releases it when its holder dies, so a killed process never leaves it held."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 class OutDirLock:
     """An exclusive lock on an output directory: one pmopt process writes a given `--out` at a time.
 

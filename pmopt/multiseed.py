@@ -63,6 +63,7 @@ class Cell:
     label: str  # how the console names it: "seed 1", "w_agree = 1.5, seed 1"
     cfg: object  # the experiment it runs (one seed, no sweep)
     dir: Path
+    policy_cache: Path | None = None  # pretrained base policies shared with other cells (pmopt.world.policy_cache)
 
 
 def run_seeds(cfg, run: Path, manifest: Manifest) -> dict[str, float]:
@@ -87,11 +88,11 @@ def run_cells(cells: list[Cell], manifest: Manifest, workers: int, threads: int)
     timings = {}
     if workers == 1:
         for cell in todo:
-            timings[cell.name] = run_one_seed(cell.cfg, cell.dir, threads)
+            timings[cell.name] = run_one_seed(cell.cfg, cell.dir, threads, cell.policy_cache)
             _cell_done(manifest, cell, timings[cell.name])
         return timings
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        futures = {pool.submit(run_one_seed, cell.cfg, cell.dir, threads): cell for cell in todo}
+        futures = {pool.submit(run_one_seed, cell.cfg, cell.dir, threads, cell.policy_cache): cell for cell in todo}
         for future in as_completed(futures):
             cell = futures[future]
             timings[cell.name] = future.result()
@@ -107,7 +108,7 @@ def _cell_done(manifest: Manifest, cell: Cell, seconds: float) -> None:
     console.info(f"run: {cell.label} done in {seconds:.0f} s{verdict}")
 
 
-def run_one_seed(cfg, seed_dir: Path, threads: int) -> float:
+def run_one_seed(cfg, seed_dir: Path, threads: int, policy_cache: Path | None = None) -> float:
     """One seed's experiment with a fixed torch thread count, its console output in seed_dir/log.txt."""
     import torch
 
@@ -120,7 +121,7 @@ def run_one_seed(cfg, seed_dir: Path, threads: int) -> float:
     try:
         with open(seed_dir / "log.txt", "a", encoding="utf-8") as log, contextlib.redirect_stdout(log), \
                 contextlib.redirect_stderr(log):
-            run_experiment(cfg, seed_dir, with_report=False)
+            run_experiment(cfg, seed_dir, with_report=False, policy_cache=policy_cache)
     finally:
         torch.set_num_threads(previous)
     return round(time.perf_counter() - start, 1)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -98,8 +99,8 @@ class ExperimentConfig:
 # ----------------------------------------------------------------------------- stages
 
 
-def stage_world(cfg: ExperimentConfig, run: Path) -> None:
-    stats = build_world(cfg.world, run / "world")
+def stage_world(cfg: ExperimentConfig, run: Path, policy_cache: Path | None = None) -> None:
+    stats = build_world(cfg.world, run / "world", policy_cache=policy_cache)
     print_stats(stats)
     missed = check_targets(stats)
     if missed:
@@ -283,8 +284,9 @@ def validate_experiment(cfg: ExperimentConfig, run: Path) -> None:
 # ----------------------------------------------------------------------------- the job
 
 
-def stages(cfg: ExperimentConfig, with_report: bool = True) -> list[tuple[str, Callable]]:
-    plan: list[tuple[str, Callable]] = [("world", stage_world), ("pms", stage_pms),
+def stages(cfg: ExperimentConfig, with_report: bool = True, policy_cache: Path | None = None) -> list[tuple[str, Callable]]:
+    world = functools.partial(stage_world, policy_cache=policy_cache)
+    plan: list[tuple[str, Callable]] = [("world", world), ("pms", stage_pms),
                                         ("pm_preference", stage_pm_preference), ("bon", stage_bon)]
     if cfg.probes.enabled:
         plan.append(("probes", stage_probes))
@@ -326,8 +328,9 @@ def load_yaml_text(text: str) -> dict:
     return yaml.safe_load(text)
 
 
-def run_experiment(cfg: ExperimentConfig, run: Path, with_report: bool = True) -> Path:
-    """The job on one seed, or on every seed of `cfg.seeds` followed by the aggregate over seeds."""
+def run_experiment(cfg: ExperimentConfig, run: Path, with_report: bool = True, policy_cache: Path | None = None) -> Path:
+    """The job on one seed, or on every seed of `cfg.seeds` followed by the aggregate over seeds. `policy_cache`:
+    a folder of pretrained base policies shared with other runs (pmopt.world.policy_cache; a sweep's cells)."""
     from pmopt.multiseed import print_headline
 
     if cfg.sweep.key is not None:
@@ -351,18 +354,19 @@ def run_experiment(cfg: ExperimentConfig, run: Path, with_report: bool = True) -
         claims = _run_seeds(cfg, run, manifest)
     else:
         manifest.set("seed", cfg.seed)
-        claims = _run_stages(cfg, run, manifest, with_report)
+        claims = _run_stages(cfg, run, manifest, with_report, policy_cache)
     if with_report:
         print_headline(claims)
         console.info(f"run: report at {run / 'report' / 'report.html'}")
     return run
 
 
-def _run_stages(cfg: ExperimentConfig, run: Path, manifest: Manifest, with_report: bool) -> dict:
+def _run_stages(cfg: ExperimentConfig, run: Path, manifest: Manifest, with_report: bool,
+                policy_cache: Path | None = None) -> dict:
     from pmopt.multiseed import claim_of, claims_summary
 
     timings = {}
-    for name, stage in stages(cfg, with_report):
+    for name, stage in stages(cfg, with_report, policy_cache):
         if name == "report":  # the report shows the claim: write it first
             _write_claims(run, claims_summary({cfg.seed: claim_of(run)}, run / "bon" / "curves.jsonl"))
         if manifest.is_done(name):

@@ -15,6 +15,8 @@ curves, statistics and claim over seeds go into `RUN/<leaf>-<v>/` as a multi-see
 
     RUN/dose_response.json, RUN/dose_response.csv   each measure per value over seeds, with 95% intervals
     RUN/report/report.html                          the dose-response first: sentences, figure, table
+    RUN/policy_cache/                               base policies pretrained once per seed when the key does not
+                                                    change pretraining, copied into every cell that needs them
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ from pathlib import Path
 from pmopt import console
 from pmopt.config import ConfigError, from_dict, to_dict
 from pmopt.io import Manifest, atomic_write_json, atomic_write_text, read_jsonl
+
+# cells whose pretraining is the same pretrain once, then copy (pmopt.world.policy_cache)
+POLICY_CACHE = "policy_cache"
 
 # keys a sweep may not set: the seed axis is `seeds`, and how cells run does not change what they compute
 FORBIDDEN = ("seed", "seeds", "world.seed", "parallel_seeds", "threads_per_seed")
@@ -121,7 +126,8 @@ def cells_of(cfg, run: Path) -> list:
         for value, value_cfg in by_value.items():
             folder = value_dir(cfg.sweep.key, value)
             cells.append(Cell(name=f"{folder}/seed-{k}", label=f"{leaf(cfg.sweep.key)} = {value_name(value)}, seed {k}",
-                              cfg=seed_config(value_cfg, k), dir=run / folder / f"seed-{k}"))
+                              cfg=seed_config(value_cfg, k), dir=run / folder / f"seed-{k}",
+                              policy_cache=run / POLICY_CACHE))
     return cells
 
 

@@ -79,12 +79,13 @@ def test_sweep_values_are_typed_as_the_key_and_name_the_cells(tmp_path):
 # ----------------------------------------------------------------------------- resume
 
 
-def fake_cell(cfg, cell_dir: Path, threads: int) -> float:
+def fake_cell(cfg, cell_dir: Path, threads: int, policy_cache: Path | None = None) -> float:
     """Stands in for one cell's experiment: the files the dose-response reads, with numbers set by w_agree."""
     from pmopt.io import atomic_write_json, atomic_write_jsonl
 
     w, k = cfg.world.raters.w_agree, cfg.seed
     FAKE_CALLS.append((w, k))
+    assert policy_cache == cell_dir.parent.parent / "policy_cache"  # every cell shares the sweep's policies
     atomic_write_json(cell_dir / "world" / "world_stats.json", {"preference_regression": {"raters": {
         "agrees_with_user": {"weight": w * 3 + k, "ci_low": w * 3 + k - 0.5, "ci_high": w * 3 + k + 0.5}}}})
     atomic_write_json(cell_dir / "pms" / "sycophancy_preference.json",

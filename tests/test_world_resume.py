@@ -63,3 +63,67 @@ def test_checkpoint_of_another_config_is_refused(setup, tmp_path):
 def test_no_checkpoints_when_off(setup, tmp_path):
     pretrain(setup, tmp_path, checkpoint_every=0)
     assert not (tmp_path / "ckpt").exists() and (tmp_path / "policy" / "model.safetensors").is_file()
+
+
+# ----------------------------------------------------------------------------- one pretraining shared by runs
+
+
+def test_a_cached_policy_is_the_one_pretraining_would_write(setup, tmp_path):
+    from pmopt.world.policy_cache import cached_pretrain, policy_key
+
+    tokenizer, examples, policy = setup
+    key = policy_key(policy, 0, examples, tokenizer.get_vocab())
+    calls = []
+
+    def train(root):
+        def run():
+            calls.append(root)
+            return pretrain(setup, root)
+        return run
+
+    first = cached_pretrain(tmp_path / "cache", key, tmp_path / "a" / "policy", train(tmp_path / "a"))
+    again = cached_pretrain(tmp_path / "cache", key, tmp_path / "b" / "policy", train(tmp_path / "b"))
+    assert calls == [tmp_path / "a"] and again == first  # the second run copied, with the first run's stats
+    fresh = pretrain(setup, tmp_path / "fresh")
+    assert fresh == first
+    names = sorted(p.name for p in (tmp_path / "fresh" / "policy").iterdir())
+    assert sorted(p.name for p in (tmp_path / "b" / "policy").iterdir()) == names
+    for name in names:
+        assert (tmp_path / "b" / "policy" / name).read_bytes() == (tmp_path / "fresh" / "policy" / name).read_bytes()
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [key, f"{key}.lock"]  # no partial copies
+
+
+def test_the_cache_key_is_what_the_trajectory_depends_on(setup):
+    from pmopt.world.policy_cache import policy_key
+
+    tokenizer, examples, policy = setup
+    vocab = tokenizer.get_vocab()
+    key = policy_key(policy, 0, examples, vocab)
+    assert policy_key(replace(policy, threads=3, checkpoint_every=7), 0, examples, vocab) == key  # how, not what
+    assert policy_key(replace(policy, learning_rate=1e-3), 0, examples, vocab) != key
+    assert policy_key(policy, 1, examples, vocab) != key
+    assert policy_key(policy, 0, examples[1:], vocab) != key
+    assert policy_key(policy, 0, examples, {**vocab, "extra": len(vocab)}) != key
+
+
+def test_a_run_that_needs_a_policy_being_pretrained_waits_for_it(setup, tmp_path):
+    import threading
+
+    from pmopt.io import exclusive_lock
+    from pmopt.world.policy_cache import cached_pretrain
+
+    pretrain(setup, tmp_path / "a")
+    filed = {}
+
+    def waiting_run():
+        filed["stats"] = cached_pretrain(tmp_path / "cache", "k", tmp_path / "b" / "policy",
+                                         lambda: pretrain(setup, tmp_path / "b"))
+
+    (tmp_path / "cache").mkdir()
+    with exclusive_lock(tmp_path / "cache" / "k.lock"):  # another run pretraining entry k
+        thread = threading.Thread(target=waiting_run)
+        thread.start()
+        thread.join(0.5)
+        assert thread.is_alive() and not (tmp_path / "b").exists()
+    thread.join(60)
+    assert not thread.is_alive() and (tmp_path / "cache" / "k" / "model.safetensors").is_file()

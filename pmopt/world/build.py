@@ -31,6 +31,7 @@ from pmopt.io import (
 from pmopt.world.config import WorldConfig
 from pmopt.world.dialogues import corpus_response, random_prompt
 from pmopt.world.models import word_tokenizer
+from pmopt.world.policy_cache import cached_pretrain, policy_key
 from pmopt.world.pretrain import pretrain_policy, tokenize_dialogue
 from pmopt.world.probesets import build_probe_sets
 from pmopt.world.raters import make_pairs, rater_agreement
@@ -73,8 +74,9 @@ def build_pairs(rng: random.Random, cfg: WorldConfig) -> dict[str, list[dict]]:
     return sets
 
 
-def build_world(cfg: WorldConfig, out: Path, progress: bool = True) -> dict:
-    """Build every file of the world into `out`; returns world_stats."""
+def build_world(cfg: WorldConfig, out: Path, progress: bool = True, policy_cache: Path | None = None) -> dict:
+    """Build every file of the world into `out`; returns world_stats. With `policy_cache`, the base policy is
+    copied from there when an identical pretraining was filed, and filed there when not (pmopt.world.policy_cache)."""
     start = time.perf_counter()
     rng = random.Random(cfg.seed)
     facts, max_number = all_facts(cfg.facts.operand_max), 2 * cfg.facts.operand_max
@@ -94,8 +96,15 @@ def build_world(cfg: WorldConfig, out: Path, progress: bool = True) -> dict:
         atomic_write_jsonl(out / "probes" / f"{name}.jsonl", records)
 
     examples = [tokenize_dialogue(tokenizer, row["prompt"], row["response"]) for row in corpus]
-    train_stats = pretrain_policy(tokenizer, examples, cfg.policy, cfg.seed, out / "policy", progress,
-                                  checkpoint_dir=out / "policy_checkpoints")
+    def pretrain() -> dict:
+        return pretrain_policy(tokenizer, examples, cfg.policy, cfg.seed, out / "policy", progress,
+                               checkpoint_dir=out / "policy_checkpoints")
+
+    if policy_cache is None:
+        train_stats = pretrain()
+    else:
+        key = policy_key(cfg.policy, cfg.seed, examples, tokenizer.get_vocab())
+        train_stats = cached_pretrain(policy_cache, key, out / "policy", pretrain)
     with console.stage("world: measure the base policy on the probe prompts"):
         stats = measure_policy(out / "policy", probe_sets, cfg.stats, cfg.seed)
     stats.update(policy_training=train_stats, facts=len(facts), corpus_dialogues=len(corpus),
