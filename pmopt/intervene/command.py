@@ -187,7 +187,9 @@ def aggregate(results: dict[int, dict], n_boot: int, seed: int) -> dict:
         if np.isnan(values).any():
             return {"value": None, "ci_low": None, "ci_high": None, "seed_values": values[0].tolist()}
         mean, low, high = two_stage_bootstrap(values, lows, highs, n_boot, seed)
-        return {"value": float(mean[0]), "ci_low": float(low[0]), "ci_high": float(high[0]),
+        if np.isnan(lows).all() and len(points) == 1:  # one seed without an interval of its own: none
+            low, high = [None], [None]
+        return {"value": float(mean[0]), "ci_low": _float(low[0]), "ci_high": _float(high[0]),
                 "seed_values": values[0].tolist()}
 
     seeds = sorted(results)
@@ -202,6 +204,10 @@ def aggregate(results: dict[int, dict], n_boot: int, seed: int) -> dict:
            for (pm, n, metric) in keyed[0] if all((pm, n, metric) in rows for rows in keyed)]
     return {"what": WHAT, "seeds": seeds, "probes": probes, "bon": bon,
             "per_seed": {str(k): {"data": results[k]["data"], "sft": results[k]["sft"]} for k in seeds}}
+
+
+def _float(x) -> float | None:
+    return None if x is None else float(x)
 
 
 # ----------------------------------------------------------------------------- the command

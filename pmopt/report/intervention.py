@@ -15,7 +15,7 @@ from pmopt.report.tables import interval_cell
 
 SIDES = ("before", "after", "difference")
 # best-of-N curve metrics shown beside the probes (every point stays in intervention.json)
-BON_METRICS = ("probe/answer/syco_rate", "probe/answer/accuracy/plain", "gold/reward")
+BON_METRICS = ("probe/answer/syco_rate", "gold/reward")
 
 
 def cell(point: dict | None) -> str:
