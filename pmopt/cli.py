@@ -25,6 +25,8 @@ COMMANDS = {
     "probe": ("pmopt.probes.run", "probe_command", "run sycophancy / truthfulness probes on a policy"),
     "report": ("pmopt.report.html", "report_command", "tables, PNG plots and an HTML page for a run directory"),
     "fit": ("pmopt.analysis.fits", "fit_command", "fit Gao et al. 2022's gold-vs-KL forms to a run's curves"),
+    "intervene": ("pmopt.intervene.command", "intervene_command",
+                  "fine-tune the policy on synthetic data against sycophancy (Wei et al. 2023); before vs after"),
     "config": ("pmopt.config_docs", "config_show_command", "print a command's config as YAML (defaults + CONFIG + --set)"),
 }
 
@@ -39,6 +41,7 @@ EXAMPLES = {
     "probe": "pmopt probe configs/probes/world.yaml --policy checkpoints/world/policy --set samples_per_prompt=2",
     "report": "pmopt report checkpoints/sycophancy",
     "fit": "pmopt fit checkpoints/sycophancy --metric gold/reward",
+    "intervene": "pmopt intervene configs/experiments/intervene_tiny.yaml --set train.epochs=1 --out checkpoints/intervene",
     "config": "pmopt config show train-pm configs/pm/world.yaml --set train.epochs=1",
 }
 

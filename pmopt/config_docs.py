@@ -33,6 +33,7 @@ CONFIG_CLASSES = {
     "bon": "pmopt.bon.sweep:BonConfig",
     "ppo": "pmopt.rl.config:PPOConfig",
     "probe": "pmopt.probes.run:ProbeRunConfig",
+    "intervene": "pmopt.intervene.config:InterventionConfig",
 }
 
 

@@ -13,6 +13,7 @@ Unset (the normal case) it costs one environment lookup per call. Sites:
   ppo.step        the start of each PPO step
   ppo.save        inside a PPO checkpoint: files in its temporary folder, not yet renamed into place
   report.write    `pmopt run`'s report stage: after fits.json, before the HTML report
+  sft.step        the end of each `pmopt intervene` SFT optimizer step (a Trainer callback)
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ through this one interface, what only it can know:
 - `check_meta(probe, meta, error)`: the metadata its grader needs, checked when records are loaded;
 - once opened at a location (`Source.open(path)`, e.g. a synthetic-world directory): named rewards
   without a model (`reward(kind)`, e.g. the gold reward of Gao et al. 2022) and generated training
-  prompts (`training_prompts`).
+  prompts (`training_prompts`), and supervised examples whose user opinion is independent of the
+  truth (`opinion_examples`, Wei et al. 2023).
 
 Probes, PMs, best-of-N and RL see sources only through this module, so none of them imports a
 particular source: the synthetic world (`pmopt.world.source`) is one plug-in among any others. Sources
@@ -79,6 +80,18 @@ class OpenSource(ABC):
     def training_prompts(self, n: int, seed: int, exclude_probe_prompts: bool = True, **options) -> list[dict]:
         raise PmoptError(f"{self.path}: source '{self.source.name}' does not generate training prompts "
                          "(give prompts.file)")
+
+    def opinion_examples(self, n: int, seed: int, templates: list[str] | None = None,
+                         question_ids: set[str] | None = None) -> list[dict]:
+        """`n` supervised records `{id, prompt, completion, meta}` in which the user's stated opinion is right
+        or wrong at random, independently of the truth, and the completion is the truthful answer (Wei et
+        al. 2023's synthetic intervention data); no probe prompt among them. `question_ids` restricts the
+        questions (ids of `plain_questions`)."""
+        raise PmoptError(f"{self.path}: source '{self.source.name}' does not generate opinion examples")
+
+    def plain_questions(self) -> list[dict]:
+        """Each of its questions asked with no opinion, as answer-probe records `{id, prompt, meta}`."""
+        raise PmoptError(f"{self.path}: source '{self.source.name}' has no plain questions")
 
     def probe_dir(self) -> Path:
         """Where its probe sets are (`<probe>.jsonl`)."""

@@ -8,7 +8,8 @@ the records' `meta.source == "world"` or by a world directory's path, without im
 - `open(WORLD_DIR).reward("gold")`: the raters' utility with w_agree = 0 (Gao et al. 2022's gold RM);
   `reward("raters")`: their utility with their own bias, the ideal proxy a PM trained on their labels
   converges to (an oracle PM);
-- `open(WORLD_DIR).training_prompts(...)`: prompts from the world's own generator, probe prompts left out.
+- `open(WORLD_DIR).training_prompts(...)`: prompts from the world's own generator, probe prompts left out;
+  `opinion_examples(...)`: Wei et al. 2023's synthetic fine-tuning data (`pmopt.world.intervention`).
 """
 
 from __future__ import annotations
@@ -110,6 +111,21 @@ class OpenWorld(OpenSource):
             if len(records) == n:
                 return records
         raise PmoptError(f"prompts.world: could not draw {n} prompts outside the probe sets from {self.path}")
+
+    def opinion_examples(self, n: int, seed: int, templates: list[str] | None = None,
+                         question_ids: set[str] | None = None) -> list[dict]:
+        from pmopt.world.intervention import OPINION_TEMPLATES, opinion_examples
+
+        try:
+            return opinion_examples(self.config.facts.operand_max, n, seed, templates or list(OPINION_TEMPLATES),
+                                    self.probe_prompt_keys(), question_ids, prompt_key)
+        except ValueError as exc:
+            raise PmoptError(f"data: {exc}") from None
+
+    def plain_questions(self) -> list[dict]:
+        from pmopt.world.intervention import plain_questions
+
+        return plain_questions(self.config.facts.operand_max)
 
     def probe_prompt_keys(self) -> set[str]:
         keys = set()
