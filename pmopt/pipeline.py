@@ -65,6 +65,9 @@ class PPOStage:
     config: str | None = None  # a PPO config YAML (configs/ppo/...); its policy/PM paths are filled in by the run
     pms: list[str] = field(default_factory=lambda: ["proxy", "proxy-nonsyc"])  # proxy | proxy-nonsyc | unbiased
     overrides: list[str] = field(default_factory=list)  # extra `key=value` overrides for the PPO config
+    # fixed KL coefficients (kl.beta) swept: one run per (pm, beta) in ppo/<pm>/beta-<b>/, each run's last
+    # probe point one point of the PM's RL beta-sweep curve (pmopt.rl.beta_sweep); empty: one run per PM
+    betas: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -217,14 +220,21 @@ def merged(base: dict, values: dict) -> dict:
     return out
 
 
-def stage_ppo(cfg: ExperimentConfig, run: Path) -> None:
-    """One PPO run per PM (each resumes on its own), then their curves merged for the report."""
+def stage_ppo(cfg: ExperimentConfig, run: Path, manifest: Manifest) -> None:
+    """One PPO run per PM (each resumes on its own), then their curves merged for the report; with
+    `ppo.betas`, one run per (PM, beta) and only the beta-sweep curves merged."""
     from pmopt.io import atomic_write_jsonl, read_jsonl
+    from pmopt.rl.beta_sweep import run_beta_sweep, run_dir_name
     from pmopt.rl.ppo import run_ppo
 
     configs = ppo_configs(cfg, run)
     rows = []
     for pm, ppo_cfg in configs.items():
+        if cfg.ppo.betas:  # each finished run marked in the run's manifest as ppo/<pm>/beta-<b>
+            rows += run_beta_sweep(ppo_cfg, run / "ppo" / pm, cfg.ppo.betas,
+                                   on_run_done=lambda beta, _, pm=pm: manifest.mark(f"ppo/{pm}/{run_dir_name(beta)}",
+                                                                                    "done"))
+            continue
         out = run_ppo(ppo_cfg, run / "ppo" / pm)
         rows += read_jsonl(Path(out) / "curves.jsonl")
     atomic_write_jsonl(run / "ppo" / "curves.jsonl", rows)
@@ -277,8 +287,11 @@ def validate_experiment(cfg: ExperimentConfig, run: Path) -> None:
         check_section("probes", probe_config(cfg, run))
         known_probes("probes.probes", cfg.probes.probes)
     if cfg.ppo.enabled:
+        from pmopt.rl.beta_sweep import check_betas
+
         for ppo_cfg in ppo_configs(cfg, run).values():
             check_ppo_inputs(ppo_cfg)
+            check_betas(cfg.ppo.betas, ppo_cfg)
 
 
 # ----------------------------------------------------------------------------- the job
@@ -375,7 +388,7 @@ def _run_stages(cfg: ExperimentConfig, run: Path, manifest: Manifest, with_repor
         start = time.perf_counter()
         manifest.mark(name, "running")
         with console.stage(f"run: stage {name}"):
-            stage(cfg, run, manifest) if name == "pms" else stage(cfg, run)
+            stage(cfg, run, manifest) if name in ("pms", "ppo") else stage(cfg, run)
         timings[name] = round(time.perf_counter() - start, 1)
         manifest.mark(name, "done", seconds=timings[name])
     atomic_write_json(run / "timings.json", {**_load_json(run / "timings.json"), **timings})

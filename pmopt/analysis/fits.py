@@ -17,7 +17,9 @@ one at d* ≤ 0, is reported as "none within range".
 
 Curves come from a run's `bon/curves.jsonl` (per PM, x = the bound log n − (n−1)/n, and where the
 sweep has it x = `kl/support`, the exact KL on the sampled outputs) and `ppo/curves.jsonl` (x = the
-measured KL on the probe prompts), the baseline gold(0) being the n = 1 / step 0 point.
+measured KL on the probe prompts), the baseline gold(0) being the n = 1 / step 0 point. An RL β sweep
+(`rl_method` "<method>-beta-sweep", pmopt.rl.beta_sweep: each point the final probe point of one run at a
+fixed KL coefficient, gold(0) the base policy) is one more RL curve, the form Gao et al. fit to RL.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ class Curve:
     """One measured curve: a metric of one PM under one optimiser, against one kind of KL."""
 
     method: str  # "bon" | "ppo"
-    rl_method: str | None  # "ppo" | "rloo" for RL rows
+    rl_method: str | None  # "ppo" | "rloo" for RL rows; "ppo-beta-sweep" | "rloo-beta-sweep" for a β sweep
     pm: str
     metric: str
     kl_kind: str  # "bound" | "support" (best-of-n) | "measured" (RL)
@@ -76,7 +78,13 @@ class Curve:
 
     @property
     def label(self) -> str:
-        return self.pm if self.method == "bon" else f"{self.pm} ({(self.rl_method or 'ppo').upper()})"
+        return self.pm if self.method == "bon" else f"{self.pm} ({rl_label(self.rl_method)})"
+
+
+def rl_label(rl_method: str | None) -> str:
+    """'ppo' -> 'PPO'; a β sweep's 'ppo-beta-sweep' -> 'PPO β sweep'."""
+    method, sweep, _ = (rl_method or "ppo").partition("-beta-sweep")
+    return method.upper() + (" β sweep" if sweep else "")
 
 
 # ----------------------------------------------------------------------------- the closed-form fit
@@ -339,5 +347,5 @@ def fit_command(args) -> Path:
     return out_dir / "fits.json"
 
 
-__all__ = ["FitConfig", "Curve", "features", "least_squares", "r_squared", "peak", "curves_of", "fit_curve",
+__all__ = ["FitConfig", "Curve", "rl_label", "features", "least_squares", "r_squared", "peak", "curves_of", "fit_curve",
            "fit_rows", "load_run_curves", "write_fits", "format_table", "fit_command", "FORMULAS"]

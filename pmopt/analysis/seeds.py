@@ -25,7 +25,7 @@ from statistics import NormalDist
 import numpy as np
 
 # which fields make two rows "the same curve point" across seeds
-POINT_KEYS = ("method", "pm", "metric", "kl_kind", "n", "step", "rl_method")
+POINT_KEYS = ("method", "pm", "metric", "kl_kind", "n", "step", "rl_method", "beta")  # beta: an RL β sweep
 
 
 def point_key(row: Mapping) -> tuple:

@@ -35,7 +35,9 @@ FAMILY_SHADES = {"proxy": ("#1f4e9c", "#6ea6dc"), "ensemble": ("#5b2a86", "#8e63
                  "unbiased": ("#2a8a3e", "#7cc68a"), "gold": ("#111111",)}
 OTHER_HUES = ("#d62728", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p")
-METHOD_LABEL = {"bon": "BoN", "ppo": "PPO", "rloo": "RLOO"}
+# an RL β sweep (pmopt.rl.beta_sweep) is a curve of its own: each point the final one of a run at one fixed β
+METHOD_LABEL = {"bon": "BoN", "ppo": "PPO", "rloo": "RLOO", "ppo-beta-sweep": "PPO β sweep",
+                "rloo-beta-sweep": "RLOO β sweep"}
 KL_LABEL = "KL(policy ‖ base) [nats]; best-of-n: the bound log n − (n−1)/n"
 SUPPORT_KL = "kl/support"  # best-of-n KL computed exactly on the sampled outputs (pmopt.bon.curves)
 SUPPORT_KL_LABEL = "KL(policy ‖ base) [nats]; best-of-n: exact on the sampled outputs"
@@ -298,7 +300,8 @@ def _style_axes(ax, metric: str) -> None:
 def _draw_vs_kl(ax, series: dict[tuple, list[dict]], styles: dict[str, PMStyle]) -> None:
     for (method, algorithm, pm), points in sorted(series.items(), key=lambda item: (pm_order(item[0][2]), item[0])):
         x_key = "n" if method == "bon" else "step"
-        ordered = sorted(points, key=lambda p, k=x_key: p[k])  # along optimisation, not along KL
+        # along optimisation; a β sweep's final points share their step and are ordered by their KL
+        ordered = sorted(points, key=lambda p, k=x_key: (p[k], p["kl"]))
         label = METHOD_LABEL.get(algorithm, algorithm.upper())
         _draw(ax, ordered, "kl", styles[pm], method, f"{pm} ({label})", sort=False)
 

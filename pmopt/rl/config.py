@@ -108,9 +108,11 @@ class TrainSection:
 
 @dataclass
 class ProbesSection:
-    """Probes every `every` steps on fixed probe prompts: curves against step and measured KL."""
+    """Probes on fixed probe prompts at steps 0, 1, ..., `dense_steps`, then every `every` steps, and at the
+    last step: curves against step and measured KL, dense early where a run's metrics move most."""
 
-    every: int = 10  # 0: only before training and at the end
+    every: int = 10  # 0: only before training, at the dense steps and at the end
+    dense_steps: int = 0  # probe every step up to this one too (0: none), where the metrics move most
     names: list[str] = field(default_factory=lambda: ["answer"])  # probe sets run at each evaluation
     world: str | None = None  # source of every probe set; default: prompts.world
     sources: dict[str, str] = field(default_factory=dict)  # probe -> file or dir, overriding `world`
@@ -118,6 +120,15 @@ class ProbesSection:
     max_prompts: int = 0  # per probe, whole clusters; 0 = all
     n_boot: int = 200  # bootstrap resamples for the 95% intervals
     seed: int = 1234  # fixed across evaluations: the same random streams at every step
+
+    def due(self, step: int, last: int) -> bool:
+        """Whether a run of `last` steps probes at `step`."""
+        periodic = self.every > 0 and step % self.every == 0
+        return step == 0 or step <= self.dense_steps or periodic or step == last
+
+    def steps(self, last: int) -> list[int]:
+        """Every step a run of `last` steps probes at, in order."""
+        return [step for step in range(last + 1) if self.due(step, last)]
 
 
 @dataclass
@@ -178,8 +189,8 @@ class PPOConfig:
             # PPO's ratio needs the sampling distribution to be the policy's (tempered) softmax.
             (self.sampling.top_k == 0 and self.sampling.top_p == 1.0,
              "sampling.top_k / sampling.top_p: PPO samples from the full softmax (top_k: 0, top_p: 1.0)"),
-            (self.probes.every >= 0 and self.probes.samples_per_prompt >= 1,
-             "probes.every must be >= 0 and probes.samples_per_prompt >= 1"),
+            (self.probes.every >= 0 and self.probes.dense_steps >= 0 and self.probes.samples_per_prompt >= 1,
+             "probes.every and probes.dense_steps must be >= 0 and probes.samples_per_prompt >= 1"),
             (self.checkpoint.every >= 1 and self.checkpoint.keep >= 1, "checkpoint.every / keep: must be >= 1"),
             (self.rloo.num_generations >= 2, "rloo.num_generations: must be >= 2 (a leave-one-out baseline)"),
         ]

@@ -42,8 +42,7 @@ class ProbeSchedule:
         self.reward_fn, self.gold_fn = reward_fn, gold_fn
 
     def due(self, step: int) -> bool:
-        every, last = self.cfg.probes.every, self.cfg.train.steps
-        return step == 0 or step == last or (every > 0 and step % every == 0)
+        return self.cfg.probes.due(step, self.cfg.train.steps)
 
     @torch.no_grad()
     def evaluate(self, policy, ref_model, step: int) -> tuple[dict, list[dict]]:
