@@ -509,3 +509,88 @@ def test_report_reads_a_sweep_directory(finished, tmp_path):
 
     page = build_report(finished, tmp_path / "report")
     assert "probe/answer/syco_rate" in page.read_text() and list((tmp_path / "report" / "plots").glob("*.png"))
+
+
+# ----------------------------------------------------------------------------- work split across processes
+
+
+class _ThreadGroup:
+    """A fake process group of `world` threads: all_gather and wait_for_everyone through a barrier."""
+
+    def __init__(self, world: int):
+        import threading
+
+        self.world, self.barrier, self.slots = world, threading.Barrier(world, timeout=30), [None] * world
+
+    def member(self, rank: int):
+        import types
+
+        group = self
+
+        def all_gather(obj):
+            group.slots[rank] = obj
+            group.barrier.wait()
+            gathered = list(group.slots)
+            group.barrier.wait()
+            return gathered
+
+        return types.SimpleNamespace(process_index=rank, num_processes=self.world, is_main_process=rank == 0,
+                                     wait_for_everyone=lambda: group.barrier.wait(), all_gather=all_gather)
+
+    def run(self, fn):
+        """fn(state) on every rank, in threads; each rank's result or exception."""
+        import threading
+
+        results: list = [None] * self.world
+
+        def target(rank):
+            try:
+                results[rank] = fn(self.member(rank))
+            except Exception as exc:  # noqa: BLE001 - returned to the test
+                results[rank] = exc
+
+        threads = [threading.Thread(target=target, args=(rank,)) for rank in range(self.world)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return results
+
+
+def test_sharded_map_splits_chunks_and_matches_one_process():
+    from pmopt.bon.distribute import chunk_bounds, sharded_map
+
+    calls = []
+
+    def work(start, stop):
+        calls.append((start, stop))
+        return [i * i for i in range(start, stop)]
+
+    single = sharded_map(None, work, 10, 3)
+    assert chunk_bounds(10, 3) == [(0, 3), (3, 6), (6, 9), (9, 10)]
+    calls.clear()
+    tallies = {}
+
+    def rank_run(state):
+        tally = []
+        out = sharded_map(state, work, 10, 3, tally)
+        tallies[state.process_index] = tally
+        return out
+
+    results = _ThreadGroup(2).run(rank_run)
+    assert results == [single, single]
+    assert sorted(calls) == chunk_bounds(10, 3), "every chunk computed exactly once"
+    assert tallies[0] == tallies[1] == [6, 4]
+
+
+def test_sharded_map_error_on_one_rank_is_raised_on_every_rank():
+    from pmopt.bon.distribute import sharded_map
+    from pmopt.io import PmoptError
+
+    def work(start, stop):
+        if start == 3:  # rank 1's chunk
+            raise PmoptError("bad record 3")
+        return list(range(start, stop))
+
+    results = _ThreadGroup(2).run(lambda state: sharded_map(state, work, 6, 3))
+    assert all(isinstance(r, PmoptError) and "bad record 3" in str(r) for r in results)

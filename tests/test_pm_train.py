@@ -254,3 +254,89 @@ def test_overlong_pairs_error_or_are_dropped_and_counted(tiny_pm_setup, capsys):
     first_long = next(i for i, n in enumerate(lengths) if n > limit)
     with pytest.raises(PmoptError, match=rf"pair {first_long}: field 'chosen': .* is {lengths[first_long]} tokens"):
         tokenize_pairs(pairs, tokenizer, limit, "data.train")
+
+
+# ----------------------------------------------------------------------------- sharded training: every rank
+
+
+class _Wrapped(torch.nn.Module):
+    """Stands in for an FSDP / ZeRO-3 wrapper: counts the forward passes that go through it."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.module, self.calls = inner, 0
+
+    @property
+    def config(self):
+        return self.module.config
+
+    def get_input_embeddings(self):
+        return self.module.get_input_embeddings()
+
+    def forward(self, **kwargs):
+        self.calls += 1
+        return self.module(**kwargs)
+
+
+class _FakeTrainer:
+    """What `save_member` uses of a Trainer under FSDP, one per rank; records the calls it gets."""
+
+    def __init__(self, model, rank: int, state_dict_type: str = "StateDictType.FULL_STATE_DICT"):
+        import types
+
+        self.model, self.model_wrapped, self.rank = model, _Wrapped(model), rank
+        self.is_fsdp_enabled, self.is_deepspeed_enabled = True, False
+        fsdp_plugin = types.SimpleNamespace(state_dict_type=state_dict_type)
+        self.accelerator = types.SimpleNamespace(state=types.SimpleNamespace(fsdp_plugin=fsdp_plugin))
+        self.state = types.SimpleNamespace(global_step=3)
+        self.train_dataset = [0] * 5
+        self.saved: list[str] = []
+
+    def is_world_process_zero(self) -> bool:
+        return self.rank == 0
+
+    def save_model(self, output_dir: str) -> None:  # Trainer gathers on every rank, writes on rank 0
+        self.saved.append(output_dir)
+        if self.rank == 0:
+            self.model.save_pretrained(output_dir, safe_serialization=True)
+
+
+def test_sharded_save_and_heldout_run_on_every_rank(tiny_pm_setup, tmp_path):
+    """Under FSDP / ZeRO-3, save_model and the held-out forwards are collectives: every rank must enter
+    them (through the wrapped model, the same number of batches), and only rank 0 writes files."""
+    from pmopt.pm.model import load_seq_cls
+    from pmopt.pm.train import save_member, tokenize_pairs
+
+    cfg = tiny_pm_setup.config()
+    tokenizer = tiny_pm_setup.tokenizer
+    model = load_seq_cls(str(tiny_pm_setup.base), torch.float32, False, None, new_head=True)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    eval_ids = tokenize_pairs(tiny_pm_setup.pairs[:10], tokenizer, 64, "eval")
+    member, metrics = tmp_path / "pm", tmp_path / "metrics.jsonl"
+    member.mkdir()
+    accuracies = {}
+    trainers = {rank: _FakeTrainer(model, rank) for rank in (1, 0)}
+    for rank, trainer in trainers.items():  # rank 1 first: it must not need rank 0's files
+        accuracies[rank] = save_member(cfg, trainer, tokenizer, member, 0, eval_ids, 0.5, metrics)
+        if rank == 1:
+            assert not (member / "pmopt_pm.json").exists() and not metrics.exists()
+    assert [t.saved for t in trainers.values()] == [[str(member)], [str(member)]], "save_model on every rank"
+    assert trainers[0].model_wrapped.calls == trainers[1].model_wrapped.calls > 0, "held-out forwards on every rank"
+    assert accuracies[0] == accuracies[1] is not None
+    info = json.loads((member / "pmopt_pm.json").read_text())
+    assert info["eval_accuracy"] == accuracies[0] and not (member / "training_args.bin").exists()
+    assert len([r for r in read_metrics(metrics) if r.get("final")]) == 1
+    reloaded = PreferenceModel.load(member, device="cpu")
+    assert pm_train.heldout_accuracy(reloaded, eval_ids, 4) == accuracies[0]
+
+
+def test_sharded_state_dict_and_missing_weights_are_refused(tiny_pm_setup, tmp_path):
+    from pmopt.io import PmoptError
+    from pmopt.pm.train import check_saved_weights, check_sharded_save
+
+    trainer = _FakeTrainer(torch.nn.Linear(1, 1), 0, "StateDictType.SHARDED_STATE_DICT")
+    with pytest.raises(PmoptError, match="FULL_STATE_DICT"):
+        check_sharded_save(trainer)
+    (tmp_path / "pytorch_model").mkdir()  # ZeRO-3 without the 16-bit gather: a DeepSpeed checkpoint only
+    with pytest.raises(PmoptError, match="zero3_save_16bit_model"):
+        check_saved_weights(tmp_path)
