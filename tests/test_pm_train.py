@@ -340,3 +340,48 @@ def test_sharded_state_dict_and_missing_weights_are_refused(tiny_pm_setup, tmp_p
     (tmp_path / "pytorch_model").mkdir()  # ZeRO-3 without the 16-bit gather: a DeepSpeed checkpoint only
     with pytest.raises(PmoptError, match="zero3_save_16bit_model"):
         check_saved_weights(tmp_path)
+
+
+# ----------------------------------------------------------------------------- scores independent of weight layout
+
+
+def misalign(path):
+    """Rewrite a safetensors file so that its weights start at 8 bytes mod 16 (its header padded with
+    metadata): loaded zero-copy from the memory map, they would sit there too."""
+    import struct
+
+    from safetensors.torch import save_file
+
+    weights = load_file(path)
+    for pad in range(16):  # the header is padded to 8 bytes, so one of two consecutive lengths works
+        save_file(weights, path, metadata={"format": "pt", "padding": "x" * pad})
+        if (8 + struct.unpack("<Q", path.read_bytes()[:8])[0]) % 16 == 8:
+            return path
+    raise AssertionError("no padding put the weights at 8 bytes mod 16")
+
+
+def test_scores_do_not_depend_on_the_weights_layout_or_a_device_copy(tiny_pm_setup, tmp_path):
+    """As loaded (views of the file at 8 mod 16) and moved to 'cpu:0' (a process group's device, which
+    copies every weight): the same bits. MKL's products round with a weight's address mod 16, so this
+    held only once loading put every weight at the allocator's 64-byte alignment."""
+    import shutil
+
+    from helpers import save_seeded_pm
+
+    from pmopt.policy import CPU_ALIGNMENT, load_policy
+
+    pm_dir = save_seeded_pm(tiny_pm_setup.base, tmp_path / "pm")
+    misalign(pm_dir / "model.safetensors")
+    prompts = [p["prompt"] for p in tiny_pm_setup.pairs[:32]]
+    responses = [p["chosen"] if i % 2 else p["rejected"] for i, p in enumerate(tiny_pm_setup.pairs[:32])]
+    scores = {}
+    for device in ("cpu", "cpu:0"):
+        pm = PreferenceModel.load(pm_dir, device=device)
+        assert all(t.data_ptr() % CPU_ALIGNMENT == 0 for t in pm.model.parameters())
+        scores[device] = [pm.score(prompts, responses, batch_size=b) for b in (1, 8)]
+    for one, copied in zip(scores["cpu"], scores["cpu:0"], strict=True):
+        assert torch.equal(one, copied)
+    policy_dir = shutil.copytree(tiny_pm_setup.base, tmp_path / "policy")
+    misalign(policy_dir / "model.safetensors")
+    policy, _ = load_policy(policy_dir, device="cpu")
+    assert all(t.data_ptr() % CPU_ALIGNMENT == 0 for t in policy.parameters())
