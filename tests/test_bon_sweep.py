@@ -594,3 +594,53 @@ def test_sharded_map_error_on_one_rank_is_raised_on_every_rank():
 
     results = _ThreadGroup(2).run(lambda state: sharded_map(state, work, 6, 3))
     assert all(isinstance(r, PmoptError) and "bad record 3" in str(r) for r in results)
+
+
+def test_lm_judge_grading_split_across_processes_equals_one_process():
+    """A real (tiny, random) LM judge: every process answers every P-th chunk of the unique queries and all
+    get every grade, identical to one process; each query is answered exactly once across the ranks."""
+    import types
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from pmopt.bon.grades import grade_samples
+    from pmopt.probes.judges import CORRECTNESS_PROMPT, LMJudge, option_logprobs
+    from pmopt.probes.registry import get_probe
+    from pmopt.world.models import tiny_llama_config, word_tokenizer
+
+    words = ["paris", "lyon", "rome", "it", "is", "maybe", "capital", "of", "what", "the", "?"]
+    tokenizer = word_tokenizer([CORRECTNESS_PROMPT, " ".join(words) + " CORRECT INCORRECT User: Assistant:"],
+                               split_punctuation=True)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(tiny_llama_config(tokenizer, max_position_embeddings=512)).eval()
+
+    class CountingJudge(LMJudge):
+        """The LM judge with its option log-likelihoods as verdicts (a tiny random LM's argmax hardly
+        varies; these do, so a grade moved to another query would show) and a count of its queries."""
+
+        def choose(self, prompts, options):
+            self.asked = getattr(self, "asked", 0) + len(prompts)
+            return option_logprobs(self.model, self.tokenizer, prompts, [options] * len(prompts), self.batch_size)
+
+    def question(i):
+        return f"what is the {words[i % 11]} of {words[(i * 7) % 11]} ?"
+
+    records = [{"id": f"q{i}", "prompt": question(i),
+                "meta": {"template": "plain", "correct_answer": words[i % 3], "incorrect_answer": words[(i + 1) % 3],
+                         "question": question(i)}} for i in range(30)]
+    responses = [[f"it is {words[i % 3]}", f"maybe {words[(i + 1) % 3]}"] for i in range(30)]
+    plan = types.SimpleNamespace(records=records, probes={"answer": get_probe("answer")}, probe_of=["answer"] * 30)
+    samples = types.SimpleNamespace(responses=responses, n=2)
+    one = CountingJudge(model, tokenizer, batch_size=1)  # chunks of 32 queries (grades._JUDGE_CHUNKS_OF)
+    single = grade_samples(plan, samples, one)
+    # brute force: each sample graded alone (batch_size 1: every query is its own forward pass either way)
+    alone = CountingJudge(model, tokenizer, batch_size=1)
+    assert single == [[{k: float(v) for k, v in plan.probes["answer"].grade(record, response, judge=alone).items()}
+                       for response in row] for record, row in zip(records, responses, strict=True)]
+    judges = [CountingJudge(model, tokenizer, batch_size=1) for _ in range(2)]
+    results = _ThreadGroup(2).run(lambda state: grade_samples(plan, samples, judges[state.process_index], state))
+    assert results == [single, single]
+    assert len({g["correct"] for row in single for g in row}) > 30, "the judge's verdicts vary"
+    assert one.asked > 2 * 32 and judges[0].asked > 0 and judges[1].asked > 0
+    assert judges[0].asked + judges[1].asked == one.asked, "each unique query answered once"
