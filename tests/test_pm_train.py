@@ -330,6 +330,17 @@ def test_sharded_save_and_heldout_run_on_every_rank(tiny_pm_setup, tmp_path):
     assert pm_train.heldout_accuracy(reloaded, eval_ids, 4) == accuracies[0]
 
 
+def test_fsdp_on_cpu_processes_is_refused_before_anything_is_written(tiny_pm_setup, tmp_path, monkeypatch):
+    """accelerate runs CPU processes as DDP even under an FSDP config: an error, not a silent DDP run."""
+    from pmopt.io import PmoptError
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch` sets for distributed_type FSDP
+    monkeypatch.setattr(pm_train, "use_cpu", lambda: True)
+    with pytest.raises(PmoptError, match="FSDP needs GPUs"):
+        train_pm(tiny_pm_setup.config(), tmp_path / "pm")
+    assert not (tmp_path / "pm").exists()
+
+
 def test_sharded_state_dict_and_missing_weights_are_refused(tiny_pm_setup, tmp_path):
     from pmopt.io import PmoptError
     from pmopt.pm.train import check_saved_weights, check_sharded_save

@@ -169,6 +169,7 @@ def train_pm(cfg: PMTrainConfig, out: str | Path, pairs: list[dict] | None = Non
 
     out = Path(out)
     _validate_config(cfg)
+    check_fsdp_has_gpus()
     train_pairs, held_out = resolve_pairs(cfg, pairs, eval_pairs)
     check_model_source(cfg.model)
     tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)
@@ -204,6 +205,15 @@ def use_cpu() -> bool:
     GPUs, or `torchrun`) form a MULTI_CPU / gloo process group only when the state is built with cpu=True.
     """
     return not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
+
+
+def check_fsdp_has_gpus() -> None:
+    """An accelerate config with FSDP on CPU processes is an error: accelerate (1.x) turns only a GPU
+    process group into FSDP and runs CPU processes as plain DDP, whole weights on every process, so
+    such a run would not be the sharded training it was launched as."""
+    if use_cpu() and os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"):
+        raise PmoptError("accelerate config: distributed_type FSDP needs GPUs; on CPU processes accelerate would "
+                         "train plain DDP instead (for CPUs use configs/accelerate/cpu_2proc.yaml)")
 
 
 def _process_state():
