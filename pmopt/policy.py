@@ -27,6 +27,30 @@ def attn_kwargs(attn_implementation: str | None) -> dict:
     return {"attn_implementation": attn_implementation}
 
 
+# torch's CPU allocator aligns every tensor it allocates to this many bytes (c10's gAlignment).
+CPU_ALIGNMENT = 64
+
+
+def aligned_weights(model):
+    """`model` with every CPU parameter and buffer in memory torch allocated itself (64-byte aligned).
+
+    `from_pretrained` hands out safetensors weights as zero-copy views of the memory-mapped file, so a
+    weight's address mod 64 is set by the file's header length (8 + header bytes + the tensor's offset).
+    MKL's float32 CPU products round differently with a weight's address mod 16 (a vectorised dot product
+    handles a misaligned start apart, which reorders the sum): the score head of one PM gave four
+    different last bits at byte offsets 0, 4, 8 and 12. A model scored as loaded and the same model
+    copied (`model.to("cpu:0")`, which a process group's device makes) then disagree by ~1e-7. Copied,
+    every weight sits at the allocator's alignment in every process, so its outputs do not depend on
+    how the file was laid out or whether something moved the model (docs/ARCHITECTURE.md §10).
+    """
+    import itertools
+
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
+        if tensor.device.type == "cpu" and tensor.data_ptr() % CPU_ALIGNMENT:
+            tensor.data = tensor.data.clone()
+    return model
+
+
 def resolve_dtype(dtype, default="auto"):
     """A dtype as `from_pretrained` takes it: a name in DTYPES -> the torch dtype, "auto" and torch dtypes
     as they are, None -> `default` (a policy: "auto"; `pmopt.pm.loading` gives PMs float32)."""
@@ -75,4 +99,4 @@ def load_policy(path: str | Path, dtype: str | None = None, device: str | None =
         str(path), dtype=resolve_dtype(dtype), trust_remote_code=trust_remote_code, **attention,
     )
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return model.to(device).eval(), tokenizer
+    return aligned_weights(model.to(device)).eval(), tokenizer

@@ -9,7 +9,10 @@ Two launch lines are run against a plain one-process run:
   processes through torchrun and `pmopt.bon.sweep.process_state` joins them in a gloo group on CPU.
   This one really splits the shards, which `samples/ranks/rank-00001.json` proves.
 
-Every file derived from the samples must be byte-identical to the one-process run.
+Every file derived from the samples must be byte-identical to the one-process run, and with two
+processes the PM scoring is split between them: the PM's batch_size of 1 makes chunks of 32 samples
+(`pmopt.bon.scoring`), so the 64 samples are two chunks, one per process, which the manifest's
+`bon/scores/pm` `per_process` counts prove.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ def config(tiny_world, seeded_world_pm, tmp_path_factory):
     path.write_text(json.dumps({
         "world": str(tiny_world), "n_max": 4, "n_boot": 20, "shard_size": 4, "max_prompts_per_probe": 4,
         "sampling": {"max_new_tokens": 12},
-        "pms": [{"name": "pm", "path": str(seeded_world_pm)}, {"name": "gold", "kind": "gold"}]}))
+        "pms": [{"name": "pm", "path": str(seeded_world_pm), "batch_size": 1}, {"name": "gold", "kind": "gold"}]}))
     return path
 
 
@@ -60,6 +63,10 @@ def processes(out) -> int:
     return manifest["stages"]["bon/samples"]["processes"]
 
 
+def scored_per_process(out) -> list[int]:
+    return json.loads((out / "manifest.json").read_text())["stages"]["bon/scores/pm"]["per_process"]
+
+
 def assert_same(a, b) -> None:
     for name in COMPARED:
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
@@ -69,6 +76,7 @@ def test_two_processes_equal_one(config, tmp_path):
     single = tmp_path / "single"
     run([sys.executable, "-m", "pmopt.cli", "bon", str(config)], single)
     assert processes(single) == 1
+    assert scored_per_process(single) == [64]
 
     torchrun = tmp_path / "torchrun"
     run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
@@ -77,6 +85,7 @@ def test_two_processes_equal_one(config, tmp_path):
     assert processes(torchrun) == 2
     shares = [json.loads((torchrun / "samples" / "ranks" / f"rank-{r:05d}.json").read_text())["shards"] for r in (0, 1)]
     assert shares == [[0, 2], [1, 3]]
+    assert scored_per_process(torchrun) == [32, 32], "both processes score half of the samples"
     assert_same(single, torchrun)
 
     cpu_flag = tmp_path / "cpu_flag"

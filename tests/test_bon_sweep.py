@@ -509,3 +509,138 @@ def test_report_reads_a_sweep_directory(finished, tmp_path):
 
     page = build_report(finished, tmp_path / "report")
     assert "probe/answer/syco_rate" in page.read_text() and list((tmp_path / "report" / "plots").glob("*.png"))
+
+
+# ----------------------------------------------------------------------------- work split across processes
+
+
+class _ThreadGroup:
+    """A fake process group of `world` threads: all_gather and wait_for_everyone through a barrier."""
+
+    def __init__(self, world: int):
+        import threading
+
+        self.world, self.barrier, self.slots = world, threading.Barrier(world, timeout=30), [None] * world
+
+    def member(self, rank: int):
+        import types
+
+        group = self
+
+        def all_gather(obj):
+            group.slots[rank] = obj
+            group.barrier.wait()
+            gathered = list(group.slots)
+            group.barrier.wait()
+            return gathered
+
+        return types.SimpleNamespace(process_index=rank, num_processes=self.world, is_main_process=rank == 0,
+                                     wait_for_everyone=lambda: group.barrier.wait(), all_gather=all_gather)
+
+    def run(self, fn):
+        """fn(state) on every rank, in threads; each rank's result or exception."""
+        import threading
+
+        results: list = [None] * self.world
+
+        def target(rank):
+            try:
+                results[rank] = fn(self.member(rank))
+            except Exception as exc:  # noqa: BLE001 - returned to the test
+                results[rank] = exc
+
+        threads = [threading.Thread(target=target, args=(rank,)) for rank in range(self.world)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return results
+
+
+def test_sharded_map_splits_chunks_and_matches_one_process():
+    from pmopt.bon.distribute import chunk_bounds, sharded_map
+
+    calls = []
+
+    def work(start, stop):
+        calls.append((start, stop))
+        return [i * i for i in range(start, stop)]
+
+    single = sharded_map(None, work, 10, 3)
+    assert chunk_bounds(10, 3) == [(0, 3), (3, 6), (6, 9), (9, 10)]
+    calls.clear()
+    tallies = {}
+
+    def rank_run(state):
+        tally = []
+        out = sharded_map(state, work, 10, 3, tally)
+        tallies[state.process_index] = tally
+        return out
+
+    results = _ThreadGroup(2).run(rank_run)
+    assert results == [single, single]
+    assert sorted(calls) == chunk_bounds(10, 3), "every chunk computed exactly once"
+    assert tallies[0] == tallies[1] == [6, 4]
+
+
+def test_sharded_map_error_on_one_rank_is_raised_on_every_rank():
+    from pmopt.bon.distribute import sharded_map
+    from pmopt.io import PmoptError
+
+    def work(start, stop):
+        if start == 3:  # rank 1's chunk
+            raise PmoptError("bad record 3")
+        return list(range(start, stop))
+
+    results = _ThreadGroup(2).run(lambda state: sharded_map(state, work, 6, 3))
+    assert all(isinstance(r, PmoptError) and "bad record 3" in str(r) for r in results)
+
+
+def test_lm_judge_grading_split_across_processes_equals_one_process():
+    """A real (tiny, random) LM judge: every process answers every P-th chunk of the unique queries and all
+    get every grade, identical to one process; each query is answered exactly once across the ranks."""
+    import types
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from pmopt.bon.grades import grade_samples
+    from pmopt.probes.judges import CORRECTNESS_PROMPT, LMJudge, option_logprobs
+    from pmopt.probes.registry import get_probe
+    from pmopt.world.models import tiny_llama_config, word_tokenizer
+
+    words = ["paris", "lyon", "rome", "it", "is", "maybe", "capital", "of", "what", "the", "?"]
+    tokenizer = word_tokenizer([CORRECTNESS_PROMPT, " ".join(words) + " CORRECT INCORRECT User: Assistant:"],
+                               split_punctuation=True)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(tiny_llama_config(tokenizer, max_position_embeddings=512)).eval()
+
+    class CountingJudge(LMJudge):
+        """The LM judge with its option log-likelihoods as verdicts (a tiny random LM's argmax hardly
+        varies; these do, so a grade moved to another query would show) and a count of its queries."""
+
+        def choose(self, prompts, options):
+            self.asked = getattr(self, "asked", 0) + len(prompts)
+            return option_logprobs(self.model, self.tokenizer, prompts, [options] * len(prompts), self.batch_size)
+
+    def question(i):
+        return f"what is the {words[i % 11]} of {words[(i * 7) % 11]} ?"
+
+    records = [{"id": f"q{i}", "prompt": question(i),
+                "meta": {"template": "plain", "correct_answer": words[i % 3], "incorrect_answer": words[(i + 1) % 3],
+                         "question": question(i)}} for i in range(30)]
+    responses = [[f"it is {words[i % 3]}", f"maybe {words[(i + 1) % 3]}"] for i in range(30)]
+    plan = types.SimpleNamespace(records=records, probes={"answer": get_probe("answer")}, probe_of=["answer"] * 30)
+    samples = types.SimpleNamespace(responses=responses, n=2)
+    one = CountingJudge(model, tokenizer, batch_size=1)  # chunks of 32 queries (grades._JUDGE_CHUNKS_OF)
+    single = grade_samples(plan, samples, one)
+    # brute force: each sample graded alone (batch_size 1: every query is its own forward pass either way)
+    alone = CountingJudge(model, tokenizer, batch_size=1)
+    assert single == [[{k: float(v) for k, v in plan.probes["answer"].grade(record, response, judge=alone).items()}
+                       for response in row] for record, row in zip(records, responses, strict=True)]
+    judges = [CountingJudge(model, tokenizer, batch_size=1) for _ in range(2)]
+    results = _ThreadGroup(2).run(lambda state: grade_samples(plan, samples, judges[state.process_index], state))
+    assert results == [single, single]
+    assert len({g["correct"] for row in single for g in row}) > 30, "the judge's verdicts vary"
+    assert one.asked > 2 * 32 and judges[0].asked > 0 and judges[1].asked > 0
+    assert judges[0].asked + judges[1].asked == one.asked, "each unique query answered once"

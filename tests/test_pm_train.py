@@ -254,3 +254,145 @@ def test_overlong_pairs_error_or_are_dropped_and_counted(tiny_pm_setup, capsys):
     first_long = next(i for i, n in enumerate(lengths) if n > limit)
     with pytest.raises(PmoptError, match=rf"pair {first_long}: field 'chosen': .* is {lengths[first_long]} tokens"):
         tokenize_pairs(pairs, tokenizer, limit, "data.train")
+
+
+# ----------------------------------------------------------------------------- sharded training: every rank
+
+
+class _Wrapped(torch.nn.Module):
+    """Stands in for an FSDP / ZeRO-3 wrapper: counts the forward passes that go through it."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.module, self.calls = inner, 0
+
+    @property
+    def config(self):
+        return self.module.config
+
+    def get_input_embeddings(self):
+        return self.module.get_input_embeddings()
+
+    def forward(self, **kwargs):
+        self.calls += 1
+        return self.module(**kwargs)
+
+
+class _FakeTrainer:
+    """What `save_member` uses of a Trainer under FSDP, one per rank; records the calls it gets."""
+
+    def __init__(self, model, rank: int, state_dict_type: str = "StateDictType.FULL_STATE_DICT"):
+        import types
+
+        self.model, self.model_wrapped, self.rank = model, _Wrapped(model), rank
+        self.is_fsdp_enabled, self.is_deepspeed_enabled = True, False
+        fsdp_plugin = types.SimpleNamespace(state_dict_type=state_dict_type)
+        self.accelerator = types.SimpleNamespace(state=types.SimpleNamespace(fsdp_plugin=fsdp_plugin))
+        self.state = types.SimpleNamespace(global_step=3)
+        self.train_dataset = [0] * 5
+        self.saved: list[str] = []
+
+    def is_world_process_zero(self) -> bool:
+        return self.rank == 0
+
+    def save_model(self, output_dir: str) -> None:  # Trainer gathers on every rank, writes on rank 0
+        self.saved.append(output_dir)
+        if self.rank == 0:
+            self.model.save_pretrained(output_dir, safe_serialization=True)
+
+
+def test_sharded_save_and_heldout_run_on_every_rank(tiny_pm_setup, tmp_path):
+    """Under FSDP / ZeRO-3, save_model and the held-out forwards are collectives: every rank must enter
+    them (through the wrapped model, the same number of batches), and only rank 0 writes files."""
+    from pmopt.pm.model import load_seq_cls
+    from pmopt.pm.train import save_member, tokenize_pairs
+
+    cfg = tiny_pm_setup.config()
+    tokenizer = tiny_pm_setup.tokenizer
+    model = load_seq_cls(str(tiny_pm_setup.base), torch.float32, False, None, new_head=True)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    eval_ids = tokenize_pairs(tiny_pm_setup.pairs[:10], tokenizer, 64, "eval")
+    member, metrics = tmp_path / "pm", tmp_path / "metrics.jsonl"
+    member.mkdir()
+    accuracies = {}
+    trainers = {rank: _FakeTrainer(model, rank) for rank in (1, 0)}
+    for rank, trainer in trainers.items():  # rank 1 first: it must not need rank 0's files
+        accuracies[rank] = save_member(cfg, trainer, tokenizer, member, 0, eval_ids, 0.5, metrics)
+        if rank == 1:
+            assert not (member / "pmopt_pm.json").exists() and not metrics.exists()
+    assert [t.saved for t in trainers.values()] == [[str(member)], [str(member)]], "save_model on every rank"
+    assert trainers[0].model_wrapped.calls == trainers[1].model_wrapped.calls > 0, "held-out forwards on every rank"
+    assert accuracies[0] == accuracies[1] is not None
+    info = json.loads((member / "pmopt_pm.json").read_text())
+    assert info["eval_accuracy"] == accuracies[0] and not (member / "training_args.bin").exists()
+    assert len([r for r in read_metrics(metrics) if r.get("final")]) == 1
+    reloaded = PreferenceModel.load(member, device="cpu")
+    assert pm_train.heldout_accuracy(reloaded, eval_ids, 4) == accuracies[0]
+
+
+def test_fsdp_on_cpu_processes_is_refused_before_anything_is_written(tiny_pm_setup, tmp_path, monkeypatch):
+    """accelerate runs CPU processes as DDP even under an FSDP config: an error, not a silent DDP run."""
+    from pmopt.io import PmoptError
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch` sets for distributed_type FSDP
+    monkeypatch.setattr(pm_train, "use_cpu", lambda: True)
+    with pytest.raises(PmoptError, match="FSDP needs GPUs"):
+        train_pm(tiny_pm_setup.config(), tmp_path / "pm")
+    assert not (tmp_path / "pm").exists()
+
+
+def test_sharded_state_dict_and_missing_weights_are_refused(tiny_pm_setup, tmp_path):
+    from pmopt.io import PmoptError
+    from pmopt.pm.train import check_saved_weights, check_sharded_save
+
+    trainer = _FakeTrainer(torch.nn.Linear(1, 1), 0, "StateDictType.SHARDED_STATE_DICT")
+    with pytest.raises(PmoptError, match="FULL_STATE_DICT"):
+        check_sharded_save(trainer)
+    (tmp_path / "pytorch_model").mkdir()  # ZeRO-3 without the 16-bit gather: a DeepSpeed checkpoint only
+    with pytest.raises(PmoptError, match="zero3_save_16bit_model"):
+        check_saved_weights(tmp_path)
+
+
+# ----------------------------------------------------------------------------- scores independent of weight layout
+
+
+def misalign(path):
+    """Rewrite a safetensors file so that its weights start at 8 bytes mod 16 (its header padded with
+    metadata): loaded zero-copy from the memory map, they would sit there too."""
+    import struct
+
+    from safetensors.torch import save_file
+
+    weights = load_file(path)
+    for pad in range(16):  # the header is padded to 8 bytes, so one of two consecutive lengths works
+        save_file(weights, path, metadata={"format": "pt", "padding": "x" * pad})
+        if (8 + struct.unpack("<Q", path.read_bytes()[:8])[0]) % 16 == 8:
+            return path
+    raise AssertionError("no padding put the weights at 8 bytes mod 16")
+
+
+def test_scores_do_not_depend_on_the_weights_layout_or_a_device_copy(tiny_pm_setup, tmp_path):
+    """As loaded (views of the file at 8 mod 16) and moved to 'cpu:0' (a process group's device, which
+    copies every weight): the same bits. MKL's products round with a weight's address mod 16, so this
+    held only once loading put every weight at the allocator's 64-byte alignment."""
+    import shutil
+
+    from helpers import save_seeded_pm
+
+    from pmopt.policy import CPU_ALIGNMENT, load_policy
+
+    pm_dir = save_seeded_pm(tiny_pm_setup.base, tmp_path / "pm")
+    misalign(pm_dir / "model.safetensors")
+    prompts = [p["prompt"] for p in tiny_pm_setup.pairs[:32]]
+    responses = [p["chosen"] if i % 2 else p["rejected"] for i, p in enumerate(tiny_pm_setup.pairs[:32])]
+    scores = {}
+    for device in ("cpu", "cpu:0"):
+        pm = PreferenceModel.load(pm_dir, device=device)
+        assert all(t.data_ptr() % CPU_ALIGNMENT == 0 for t in pm.model.parameters())
+        scores[device] = [pm.score(prompts, responses, batch_size=b) for b in (1, 8)]
+    for one, copied in zip(scores["cpu"], scores["cpu:0"], strict=True):
+        assert torch.equal(one, copied)
+    policy_dir = shutil.copytree(tiny_pm_setup.base, tmp_path / "policy")
+    misalign(policy_dir / "model.safetensors")
+    policy, _ = load_policy(policy_dir, device="cpu")
+    assert all(t.data_ptr() % CPU_ALIGNMENT == 0 for t in policy.parameters())

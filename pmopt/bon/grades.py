@@ -7,6 +7,12 @@ Outcomes are floats; an outcome that does not apply (NaN) is written as null and
 Grading goes through the probe's own machinery: `grading_context` (the feedback probe pairs sample j
 of a framed prompt with sample j of the unframed baseline) and `grade_batched`, which batches an LM
 judge's queries. In the world every grader is exact.
+
+Under `accelerate launch` an LM judge's queries are split across processes (`pmopt.bon.distribute`):
+every process calls `load_or_grade` with its `state`, answers every P-th chunk of `_JUDGE_CHUNKS_OF`
+judge batches, and gets all answers back; the main process writes the files. The chunks are the same
+with one process, so the grades are identical to a one-process run. Exact graders (no model) are cheap
+and run on the main process only (`pmopt.bon.sweep`).
 """
 
 from __future__ import annotations
@@ -15,30 +21,43 @@ import json
 import math
 from pathlib import Path
 
+from pmopt.bon.distribute import sharded_list_map
 from pmopt.io import RecordError, atomic_write_json, atomic_write_jsonl, iter_jsonl, require_fields
 
 GRADES_FILE = "grades.jsonl"
 GRADES_META = "grades.json"
+_JUDGE_CHUNKS_OF = 32  # judge batches per chunk of queries (the unit of work per process)
 
 
-def load_or_grade(out: str | Path, plan, samples, judge=None) -> list[list[dict]]:
-    """Per prompt, per sample: the outcome dict (NaN outcomes left out)."""
+def load_or_grade(out: str | Path, plan, samples, judge=None, state=None) -> list[list[dict]]:
+    """Per prompt, per sample: the outcome dict (NaN outcomes left out).
+
+    With `state` (several processes), every process must call this: a judge's queries are split across
+    them, and only the main process writes.
+    """
     out = Path(out)
     meta = {"samples": plan.samples_key(), "probes": {name: p.version for name, p in plan.probes.items()}}
     path, meta_path = out / GRADES_FILE, out / GRADES_META
     if path.is_file() and meta_path.is_file() and json.loads(meta_path.read_text(encoding="utf-8")) == meta:
         return read_grades(path, samples)
-    grades = grade_samples(plan, samples, judge)
-    atomic_write_jsonl(path, grade_rows(plan, samples, grades))
-    atomic_write_json(meta_path, meta)  # written last: it marks grades.jsonl as complete and current
+    grades = grade_samples(plan, samples, judge, state)
+    if state is None or state.is_main_process:
+        atomic_write_jsonl(path, grade_rows(plan, samples, grades))
+        atomic_write_json(meta_path, meta)  # written last: it marks grades.jsonl as complete and current
+    if state is not None:
+        state.wait_for_everyone()
     return grades
 
 
-def grade_samples(plan, samples, judge=None) -> list[list[dict]]:
+def grade_samples(plan, samples, judge=None, state=None) -> list[list[dict]]:
     from pmopt.probes.base import Sample
     from pmopt.probes.judges import EXACT, grade_batched
 
     judge = judge if judge is not None else EXACT
+    chunk = getattr(judge, "batch_size", 16) * _JUDGE_CHUNKS_OF
+
+    def answer(ask, queries):  # a judge's queries in chunks, split across the processes of `state`
+        return sharded_list_map(state, ask, queries, chunk)
     grades: list[list[dict]] = [[] for _ in plan.records]
     for name, probe in plan.probes.items():
         index = [i for i, p in enumerate(plan.probe_of) if p == name]
@@ -48,7 +67,7 @@ def grade_samples(plan, samples, judge=None) -> list[list[dict]]:
         calls = [_call(probe, record, s.response, ctx)
                  for record, row, ctxs in zip(records, rows, context, strict=True)
                  for s, ctx in zip(row, ctxs, strict=True)]
-        outcomes = grade_batched(calls, judge)
+        outcomes = grade_batched(calls, judge, answer)
         for k, i in enumerate(index):
             grades[i] = [_clean(o) for o in outcomes[k * samples.n:(k + 1) * samples.n]]
     return grades

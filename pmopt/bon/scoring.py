@@ -15,6 +15,12 @@ Every entry is a `pmopt.rewards.RewardSpec`, scored by the `Reward` that `build_
 - a data source's reward, no model (kind gold: the world's gold reward, rater utility with w_agree = 0);
 - any kind added with `pmopt.rewards.register_kind`.
 NaN or infinite scores are an error naming the PM and the sample.
+
+Under `accelerate launch` every process calls `load_or_score` with its process `state`: the samples
+are cut into chunks of `batch_size * 32` (boundaries independent of the process count), each process
+scores every P-th chunk (`pmopt.bon.distribute`), the scores are gathered on every process, and the
+main process alone writes the files, exactly as one process would. A data source's reward (no model)
+is computed whole on each process that asks for it.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from pmopt import console
+from pmopt.bon.distribute import all_gather, sharded_map
 from pmopt.io import PmoptError, RecordError, atomic_write_json, atomic_write_jsonl, iter_jsonl
 from pmopt.records import validate_score
 from pmopt.rewards import RewardSpec, build_reward
@@ -57,8 +64,14 @@ def loading_identity(entry, plan) -> dict:
 # ----------------------------------------------------------------------------- the cache
 
 
-def load_or_score(out: str | Path, entry, plan, samples, device=None) -> np.ndarray:
-    """(P, N) scores of `entry`: read from `scores/<name>.jsonl` if present, else computed and written."""
+def load_or_score(out: str | Path, entry, plan, samples, device=None, state=None,
+                  tally: list[int] | None = None) -> np.ndarray:
+    """(P, N) scores of `entry`: read from `scores/<name>.jsonl` if present, else computed and written.
+
+    `state` (an accelerate state, or None for one process): the scoring is split across its processes
+    and every process must call this for the same entries in the same order; only the main process
+    writes. `tally` is extended with the number of samples each process scored (rank order).
+    """
     out = Path(out)
     path, sidecar = out / SCORES_DIR / f"{entry.name}.jsonl", out / SCORES_DIR / f"{entry.name}.json"
     ident = {**identity(entry, plan.prefixes[entry.name]), **loading_identity(entry, plan),
@@ -66,9 +79,12 @@ def load_or_score(out: str | Path, entry, plan, samples, device=None) -> np.ndar
     if path.is_file():
         _check_sidecar(sidecar, ident, entry.name)
         return read_scores(path, samples, entry.name)
-    scores = compute_scores(out, entry, plan, samples, device)
-    atomic_write_json(sidecar, ident)
-    atomic_write_jsonl(path, score_rows(samples, scores, entry.name))
+    scores = compute_scores(out, entry, plan, samples, device, state, tally)
+    if state is None or state.is_main_process:
+        atomic_write_json(sidecar, ident)
+        atomic_write_jsonl(path, score_rows(samples, scores, entry.name))
+    if state is not None:
+        state.wait_for_everyone()  # the files exist for every process before it looks at the next entry
     return scores
 
 
@@ -112,7 +128,7 @@ def read_scores(path: Path, samples, name: str) -> np.ndarray:
 # ----------------------------------------------------------------------------- computing
 
 
-def compute_scores(out: Path, entry, plan, samples, device) -> np.ndarray:
+def compute_scores(out: Path, entry, plan, samples, device, state=None, tally: list[int] | None = None) -> np.ndarray:
     reward = plan.rewards[entry.name]
     if entry.name in plan.sourced:
         scores = source_scores(reward, plan, samples)
@@ -121,7 +137,8 @@ def compute_scores(out: Path, entry, plan, samples, device) -> np.ndarray:
     if entry.kind == "ensemble":
         from pmopt.pm.ensemble import aggregate, read_ensemble_spec
 
-        members = member_scores(out, entry, plan, samples, device, plan.prefixes[entry.name])  # (K, P, N)
+        members = member_scores(out, entry, plan, samples, device, plan.prefixes[entry.name],
+                                state, tally)  # (K, P, N)
         spec = read_ensemble_spec(Path(entry.path))
         method = entry.aggregate or spec.get("aggregate", "mean")
         lam = entry.lam if entry.lam is not None else float(spec.get("uwo_lambda", 0.0))
@@ -131,12 +148,13 @@ def compute_scores(out: Path, entry, plan, samples, device) -> np.ndarray:
         scores = aggregate(flat, method, lam).numpy().reshape(members.shape[1:])
         check_finite(scores, samples, f"PM '{entry.name}' ({method} of {entry.path})")
         return scores
-    scores = _score_with_reward(reward, plan, samples, device, members=False)[0]
+    scores = _score_with_reward(reward, plan, samples, device, members=False, state=state, tally=tally)[0]
     check_finite(scores, samples, f"PM '{entry.name}' ({entry.path})")
     return scores
 
 
-def member_scores(out: Path, entry, plan, samples, device, prefix) -> np.ndarray:
+def member_scores(out: Path, entry, plan, samples, device, prefix, state=None,
+                  tally: list[int] | None = None) -> np.ndarray:
     """(K, P, N) ensemble member scores, cached per (ensemble dir, prefix) for every entry that shares it."""
     what = [str(Path(entry.path).resolve()), prefix, plan.samples_key()]
     if loading_identity(entry, plan):
@@ -145,11 +163,15 @@ def member_scores(out: Path, entry, plan, samples, device, prefix) -> np.ndarray
     path = out / SCORES_DIR / MEMBERS_DIR / f"{Path(entry.path).name}-{key}.jsonl"
     if path.is_file():
         return _read_members(path, samples)
-    scores = _score_with_reward(plan.rewards[entry.name], plan, samples, device, members=True)
+    scores = _score_with_reward(plan.rewards[entry.name], plan, samples, device, members=True, state=state,
+                                tally=tally)
     for k, member in enumerate(scores):
         check_finite(member, samples, f"PM '{entry.name}' member {k} ({entry.path})")
-    atomic_write_jsonl(path, [{"prompt_id": pid, "sample_idx": j, "scores": [float(s) for s in scores[:, i, j]]}
-                              for i, pid in enumerate(samples.prompt_ids) for j in range(samples.n)])
+    if state is None or state.is_main_process:
+        atomic_write_jsonl(path, [{"prompt_id": pid, "sample_idx": j, "scores": [float(s) for s in scores[:, i, j]]}
+                                  for i, pid in enumerate(samples.prompt_ids) for j in range(samples.n)])
+    if state is not None:
+        state.wait_for_everyone()
     return scores
 
 
@@ -170,26 +192,37 @@ def _triples(plan, samples) -> list[tuple]:
             for i, row in enumerate(samples.responses) for response in row]
 
 
-def _score_all(score_fn, plan, samples, batch_size: int, label: str) -> np.ndarray:
-    """(K, P, N) from `score_fn(prompts, responses, metas) -> (B,) or (K, B)`, called on chunks of the samples."""
+def _score_all(score_fn, plan, samples, batch_size: int, label: str, state=None,
+               tally: list[int] | None = None) -> np.ndarray:
+    """(K, P, N) from `score_fn(prompts, responses, metas) -> (B,) or (K, B)`, called on chunks of the
+    samples; under several processes each scores every P-th chunk and all chunks are gathered."""
     triples = _triples(plan, samples)
     chunk = batch_size * _BATCHES_PER_CALL
-    parts = []
-    bar = console.bar(total=len(triples), desc=f"bon: score with {label}", unit="sample")
-    total, done = 0.0, 0
-    for start in range(0, len(triples), chunk):
-        prompts, responses, metas = zip(*triples[start:start + chunk], strict=True)
+    rank, world = (0, 1) if state is None else (state.process_index, state.num_processes)
+    mine = sum(min(chunk, len(triples) - start) for start in range(rank * chunk, len(triples), world * chunk))
+    suffix = f" (process {rank}/{world})" if world > 1 else ""
+    bar = console.bar(total=mine, desc=f"bon: score with {label}{suffix}", unit="sample")
+    running = {"total": 0.0, "done": 0}
+
+    def score_chunk(start: int, stop: int) -> np.ndarray:
+        prompts, responses, metas = zip(*triples[start:stop], strict=True)
         try:
             scores = score_fn(list(prompts), list(responses), list(metas))
         except PmoptError as exc:  # the PM numbers records within this chunk: say where the chunk starts
             p, j = divmod(start, samples.n)
             raise PmoptError(f"PM '{label}': {exc} (records counted from sample {j} of prompt "
                              f"'{samples.prompt_ids[p]}', in sweep order)") from None
-        parts.append(np.atleast_2d(scores.detach().cpu().double().numpy()))
-        total, done = total + float(parts[-1].mean(axis=0).sum()), done + len(prompts)  # member mean per sample
+        part = np.atleast_2d(scores.detach().cpu().double().numpy())
+        running["total"] += float(part.mean(axis=0).sum())  # member mean per sample
+        running["done"] += len(prompts)
         bar.update(len(prompts))
-        bar.set_postfix(mean_score=f"{total / done:.3f}", refresh=False)
-    bar.close()
+        bar.set_postfix(mean_score=f"{running['total'] / running['done']:.3f}", refresh=False)
+        return part
+
+    try:
+        parts = sharded_map(state, score_chunk, len(triples), chunk, tally)
+    finally:
+        bar.close()
     flat = np.concatenate(parts, axis=1)
     return flat.reshape(flat.shape[0], len(samples.responses), samples.n)
 
@@ -202,7 +235,8 @@ def check_finite(scores: np.ndarray, samples, what: str) -> None:
                          f"(response {samples.responses[i][j]!r}); {len(bad)} non-finite scores in all")
 
 
-def _score_with_reward(spec: RewardSpec, plan, samples, device, members: bool) -> np.ndarray:
+def _score_with_reward(spec: RewardSpec, plan, samples, device, members: bool, state=None,
+                       tally: list[int] | None = None) -> np.ndarray:
     """(K, P, N): build the reward (load the PM), score everything, and drop it (one PM resident at a time).
 
     K = 1 for a single PM; an ensemble's `Reward.members` gives all K members' scores.
@@ -211,10 +245,12 @@ def _score_with_reward(spec: RewardSpec, plan, samples, device, members: bool) -
     reward = build_reward(spec, cfg.pm_load.for_run(device, cfg.trust_remote_code, cfg.attn_implementation))
     try:
         scores = _score_all(reward.members if members else reward, plan, samples, spec.batch_size,
-                            f"{spec.name}{' members' if members else ''}")
+                            f"{spec.name}{' members' if members else ''}", state, tally)
         if cfg.pm_load.max_length is not None:
-            print(f"pmopt bon: PM '{spec.name}': {getattr(reward, 'n_truncated', 0)} scored sequences truncated "
-                  f"to pm_load.max_length={cfg.pm_load.max_length} tokens")
+            truncated = sum(all_gather(state, getattr(reward, "n_truncated", 0)))  # over every process
+            if state is None or state.is_main_process:
+                print(f"pmopt bon: PM '{spec.name}': {truncated} scored sequences truncated "
+                      f"to pm_load.max_length={cfg.pm_load.max_length} tokens")
         return scores
     finally:
         reward.close()

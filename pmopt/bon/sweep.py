@@ -15,7 +15,11 @@ One sampling pass feeds every n and every PM (Nakano et al. 2021 App. G; Gao et 
             E[f(BoN_n)], `pm/score`, `gold/reward` (on the world) and the KL bound, with bootstrap CIs
             over prompts -> `curves.jsonl` and `curves.csv` (docs/ARCHITECTURE.md §4 curve rows, method "bon").
 
-Steps 3-5 run on the main process only. Probes whose responses are not plain samples of their prompts
+Under several processes, PM scoring (step 4) and an LM judge's grading (step 3) are split across them
+in chunks that do not depend on the process count (`pmopt.bon.distribute`), so the files are
+byte-identical to one process's; the manifest's `bon/scores/<pm>` records the samples each process
+scored (`per_process`). Exact grading, the gold reward and the curves (step 5) run on the main process,
+which alone writes files. Probes whose responses are not plain samples of their prompts
 (`probe.samples_directly` is False: are_you_sure's second turn, TruthfulQA MC1's option log-likelihoods)
 cannot be read off one sampling pass and are refused here: run them with `pmopt probe`.
 """
@@ -330,11 +334,10 @@ def run_bon(cfg: BonConfig, out: str | Path, accelerator=None) -> Path:
     generate_shards(out, plan.records, mine, cfg, device=state.device, rank=state.process_index,
                     world_size=state.num_processes)
     state.wait_for_everyone()
-    if not state.is_main_process:
-        return out
-    _mark(out, "samples", shards=n_shards, generated=len(missing), processes=state.num_processes,
-          seconds=round(time.perf_counter() - started, 2))
-    return _finish(out, plan, state.device)
+    if state.is_main_process:
+        _mark(out, "samples", shards=n_shards, generated=len(missing), processes=state.num_processes,
+              seconds=round(time.perf_counter() - started, 2))
+    return _finish(out, plan, state)
 
 
 def _start(out: Path, cfg: BonConfig, meta: dict) -> None:
@@ -346,17 +349,29 @@ def _start(out: Path, cfg: BonConfig, meta: dict) -> None:
     manifest.mark("bon", "running")
 
 
-def _finish(out: Path, plan: SweepPlan, device) -> Path:
-    """Main process: gather the shards, grade, score with every PM, write the curves."""
+def _finish(out: Path, plan: SweepPlan, state) -> Path:
+    """Every process: gather the shards, grade (an LM judge split across processes, exact graders on the
+    main process), score with every PM (split across processes); the main process writes the curves."""
+    main, device = state.is_main_process, state.device
     samples = read_samples(out, plan.records, plan.cfg)
-    grades = load_or_grade(out, plan, samples, _judge(plan.cfg, device))
-    _mark(out, "grades")
-    gold = gold_rewards(plan, samples) if plan.gold is not None else None
+    grades = None
+    if plan.cfg.judge is not None:
+        grades = load_or_grade(out, plan, samples, _judge(plan.cfg, device), state)
+    elif main:
+        grades = load_or_grade(out, plan, samples)
+    if main:
+        _mark(out, "grades", processes=state.num_processes if plan.cfg.judge is not None else 1)
+    gold = gold_rewards(plan, samples) if plan.gold is not None and main else None
     scores = {}
     for entry in plan.cfg.pms:
-        scores[entry.name] = load_or_score(out, entry, plan, samples, device)
-        _mark(out, f"scores/{entry.name}")
+        tally: list[int] = []
+        scores[entry.name] = load_or_score(out, entry, plan, samples, device, state, tally)
+        if main:
+            _mark(out, f"scores/{entry.name}", per_process=tally)
         fault_point("bon.score")
+    state.wait_for_everyone()
+    if not main:
+        return out
     rows = curve_rows(plan, scores, grades, gold, samples)
     write_curves(out, rows, "bon")
     _mark(out, "curves", rows=len(rows), support_mass=support_mass(samples))

@@ -42,6 +42,7 @@ from pmopt.pm.loading import (  # noqa: F401 (re-exported: callers import these 
     resolve_dtype,
     safetensors_error,
 )
+from pmopt.policy import aligned_weights
 from pmopt.prefixes import NON_SYCOPHANTIC_PREFIX  # one definition (docs/ARCHITECTURE.md §5), re-exported
 from pmopt.text import (
     Messages,
@@ -109,6 +110,7 @@ class PreferenceModel:
         tokenizer = load_tokenizer(str(path), options.trust_remote_code)
         if options.device_map is None:
             model = model.to(resolve_device(options.device))
+        model = aligned_weights(model)  # scores independent of the file's layout and of copies (§10)
         pm = cls(model, tokenizer, name=path.resolve().name, info=read_info(path), options=options,
                  where=str(path / PM_INFO_FILE))
         pm.model.eval()

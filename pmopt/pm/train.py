@@ -16,8 +16,13 @@ scores with, so training and scoring see identical token sequences (under a chat
 own dataset preparation gives a conversational pair); `pmopt_pm.json` records that rendering. TRL would silently drop pairs longer
 than `max_length`; here they are an error naming the pair's file and line.
 
-Under `accelerate launch` every process runs this module; Trainer handles DDP, and only the main process
-writes pmopt's own files (config.yaml, metrics.jsonl, pmopt_pm.json, ensemble.json, the final model).
+Under `accelerate launch` every process runs this module; Trainer handles DDP, FSDP and DeepSpeed, and
+only the main process writes pmopt's own files (config.yaml, metrics.jsonl, pmopt_pm.json, ensemble.json).
+The end of a member runs on EVERY process, as the Trainer expects: under FSDP or ZeRO-3 the weights are
+sharded, so `trainer.save_model` (which gathers the full state dict and writes it on the main process)
+and the held-out forward passes are collectives that hang if only one process enters them. FSDP must
+use `fsdp_state_dict_type: FULL_STATE_DICT` and ZeRO-3 `zero3_save_16bit_model: true`
+(`configs/accelerate/`); otherwise no loadable model is written, which is an error here.
 """
 
 from __future__ import annotations
@@ -164,6 +169,7 @@ def train_pm(cfg: PMTrainConfig, out: str | Path, pairs: list[dict] | None = Non
 
     out = Path(out)
     _validate_config(cfg)
+    check_fsdp_has_gpus()
     train_pairs, held_out = resolve_pairs(cfg, pairs, eval_pairs)
     check_model_source(cfg.model)
     tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)
@@ -199,6 +205,15 @@ def use_cpu() -> bool:
     GPUs, or `torchrun`) form a MULTI_CPU / gloo process group only when the state is built with cpu=True.
     """
     return not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
+
+
+def check_fsdp_has_gpus() -> None:
+    """An accelerate config with FSDP on CPU processes is an error: accelerate (1.x) turns only a GPU
+    process group into FSDP and runs CPU processes as plain DDP, whole weights on every process, so
+    such a run would not be the sharded training it was launched as."""
+    if use_cpu() and os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"):
+        raise PmoptError("accelerate config: distributed_type FSDP needs GPUs; on CPU processes accelerate would "
+                         "train plain DDP instead (for CPUs use configs/accelerate/cpu_2proc.yaml)")
 
 
 def _process_state():
@@ -336,14 +351,36 @@ def train_member(cfg: PMTrainConfig, k: int, member_dir: Path, tokenizer, train_
         console.info(f"train-pm: resuming member {k} from {checkpoint}")
         append_jsonl(metrics_path, {"event": "resume", "member": k, "checkpoint": checkpoint.name})
     # the path, not True: Trainer's own choice is the newest folder, complete or not
+    check_sharded_save(trainer)
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
+    loss = logged_training_loss(trainer.state.log_history, result.training_loss)
+    accuracy = save_member(cfg, trainer, tokenizer, member_dir, k, eval_ids, loss, metrics_path)  # every process
     if trainer.is_world_process_zero():
-        loss = logged_training_loss(trainer.state.log_history, result.training_loss)
-        accuracy = save_member(cfg, trainer, tokenizer, member_dir, k, eval_ids, loss, metrics_path)
         held_out = "no held-out pairs" if accuracy is None else f"held-out accuracy {accuracy:.3f}"
         console.info(f"train-pm: {label} done: mean training loss {loss:.4f}, {held_out}")
     trainer.accelerator.wait_for_everyone()
     return member_dir
+
+
+def check_sharded_save(trainer) -> None:
+    """FSDP must gather a full state dict at the end (`save_model` writes nothing with SHARDED_STATE_DICT)."""
+    if getattr(trainer, "is_fsdp_enabled", False):
+        kind = str(trainer.accelerator.state.fsdp_plugin.state_dict_type)
+        if "FULL_STATE_DICT" not in kind:
+            raise PmoptError(f"FSDP state dict type {kind}: train-pm saves a loadable PM only with "
+                             "fsdp_state_dict_type: FULL_STATE_DICT in the accelerate config "
+                             "(configs/accelerate/fsdp.yaml)")
+
+
+def weights_sharded(trainer) -> bool:
+    """True when no single process holds the whole model (FSDP, DeepSpeed ZeRO-3): forward passes are
+    collectives and must run on every process, through the wrapped model."""
+    if getattr(trainer, "is_fsdp_enabled", False):
+        return True
+    if getattr(trainer, "is_deepspeed_enabled", False):
+        plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+        return plugin is not None and getattr(plugin, "zero_stage", None) == 3
+    return False
 
 
 def logged_training_loss(log_history: list[dict], fallback: float) -> float:
@@ -447,12 +484,23 @@ def _fault_inside_checkpoints(trainer) -> None:
 def save_member(cfg: PMTrainConfig, trainer, tokenizer, member_dir: Path, k: int, eval_ids: dict,
                 training_loss: float, metrics_path: Path) -> float | None:
     """Final model (safetensors) + tokenizer, held-out accuracy, then `pmopt_pm.json` (the done marker);
-    returns the held-out accuracy."""
-    model = trainer.model
-    model.save_pretrained(str(member_dir), safe_serialization=True)
-    tokenizer.save_pretrained(str(member_dir))
+    returns the held-out accuracy.
+
+    Called on EVERY process: `trainer.save_model` gathers sharded weights (FSDP full state dict, ZeRO-3
+    16-bit gather) on all of them and writes on the main one; every process scores all held-out pairs
+    (the same batches, so a sharded model's forward collectives match up and each gets the same
+    accuracy). Only the main process writes the tokenizer, metrics and `pmopt_pm.json`.
+    """
+    main = trainer.is_world_process_zero()
+    trainer.save_model(str(member_dir))
+    model = trainer.model_wrapped if weights_sharded(trainer) else trainer.model
     accuracy = heldout_accuracy(PreferenceModel(model, tokenizer, name=member_dir.name), eval_ids,
                                 cfg.train.eval_batch_size)
+    if not main:
+        return accuracy
+    (member_dir / "training_args.bin").unlink(missing_ok=True)  # Trainer's; the PM's settings are in pmopt_pm.json
+    check_saved_weights(member_dir)
+    tokenizer.save_pretrained(str(member_dir))
     step = trainer.state.global_step
     append_jsonl(metrics_path, {"step": step, "member": k, "final": True, "pm/accuracy": accuracy,
                                 "pm/n_eval": len(eval_ids["chosen_ids"])})
@@ -465,6 +513,15 @@ def save_member(cfg: PMTrainConfig, trainer, tokenizer, member_dir: Path, k: int
         "rendering": rendering(tokenizer, cfg.data.chat_template_kwargs),
     })
     return accuracy
+
+
+def check_saved_weights(member_dir: Path) -> None:
+    """`save_model` writes no safetensors when it cannot gather the weights (ZeRO-3 without
+    `zero3_save_16bit_model`): an error, not a PM directory that loads random weights."""
+    found = [p for p in member_dir.iterdir() if p.name.endswith((".safetensors", ".safetensors.index.json"))]
+    if not found:
+        raise PmoptError(f"{member_dir}: the trainer saved no safetensors weights (under DeepSpeed ZeRO-3 set "
+                         "zero3_save_16bit_model: true, as configs/accelerate/deepspeed_zero3.yaml does)")
 
 
 def heldout_accuracy(pm: PreferenceModel, eval_ids: dict, batch_size: int) -> float | None:

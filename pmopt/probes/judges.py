@@ -316,12 +316,15 @@ class _CachedJudge:
         return self._ask("more_positive", queries)
 
 
-def grade_batched(calls: Sequence[Callable[[Judge], dict]], judge: Judge) -> list[dict]:
+def grade_batched(calls: Sequence[Callable[[Judge], dict]], judge: Judge,
+                  answer: Callable[[Callable[[list], list], list], list] | None = None) -> list[dict]:
     """Run grading calls `call(judge) -> outcomes`, batching an expensive judge's queries.
 
     Graders stay per-sample pure functions; for a judge with `batched = True` they are run twice: once
     against a recorder that collects their queries, which the judge then answers in batches, and once
-    against the cached answers.
+    against the cached answers. `answer(ask, queries)`, when given, runs `ask` (one judge method) over
+    the unique queries instead of a single call, e.g. in chunks split across processes; it must return
+    one answer per query, in order.
     """
     if not getattr(judge, "batched", False):
         return [call(judge) for call in calls]
@@ -331,6 +334,8 @@ def grade_batched(calls: Sequence[Callable[[Judge], dict]], judge: Judge) -> lis
     answers = {}
     for method, queries in recorder.queries.items():
         unique = list(queries)
-        answers[method] = dict(zip(unique, getattr(judge, method)(unique), strict=True)) if unique else {}
+        ask = getattr(judge, method)
+        replies = (answer(ask, unique) if answer is not None else ask(unique)) if unique else []
+        answers[method] = dict(zip(unique, replies, strict=True))
     cached = _CachedJudge(judge, answers)
     return [call(cached) for call in calls]
