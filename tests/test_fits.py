@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from pmopt.analysis.fits import Curve, FitConfig, features, fit_curve, fit_rows, peak
+from pmopt.analysis.fits import Curve, FitConfig, features, fit_curve, fit_rows, peak, peak_within
 from pmopt.cli import main
 from pmopt.io import atomic_write_jsonl
 
@@ -155,6 +155,12 @@ def test_no_peak_within_range():
     assert beyond["status"] == "none within range" and "beyond" in beyond["note"]
     assert peak("rl", 1.0, 0.5, d_max=2.0)["status"] == "none within range"  # d* = e > 2
     assert peak("bon", -0.1, 0.25, 10.0)["status"] == "none within range"  # d* < 0
+    # RL with alpha < 0 < beta: the form turns over at d* = exp(alpha/beta - 1), before any measured point
+    tiny = peak("rl", -0.238, 0.034, d_max=1.3, d_min=0.33)  # a measured beta sweep's fit: d* = 3.3e-4
+    assert tiny["status"] == "none within range" and "before the smallest measured d" in tiny["note"]
+    assert peak("rl", -0.238, 0.034, d_max=1.3)["status"] == "within range"  # without d_min: the bare formula
+    thetas = np.array([[-0.238, 0.034], [1.0, 0.5]])  # d* = 3.3e-4 and e
+    assert peak_within("rl", thetas, d_max=3.0, d_min=0.33).tolist() == [False, True]
 
 
 # ----------------------------------------------------------------------------- the command

@@ -12,8 +12,10 @@ from each point's 95% interval (σ = width / (2 · 1.96)); when a point has no i
 one (a rate stuck at 0 or 1), the whole curve is fitted unweighted.
 
 Peak (the KL where the fitted gold turns over): best-of-n d* = α / (2β), RL d* = exp(α/β − 1) (set
-the derivative to zero); both are maxima only when β > 0. A peak beyond the largest measured d, or
-one at d* ≤ 0, is reported as "none within range".
+the derivative to zero); both are maxima only when β > 0. A peak beyond the largest measured d, one
+at d* ≤ 0, or one before the smallest measured d > 0 is reported as "none within range": the RL form with
+α < 0 < β turns over at a tiny d* (−β d log d > 0 as d → 0), an extrapolation below every measured point
+of a gold reward that falls over the whole measured range.
 
 Curves come from a run's `bon/curves.jsonl` (per PM, x = the bound log n − (n−1)/n, and where the
 sweep has it x = `kl/support`, the exact KL on the sampled outputs) and `ppo/curves.jsonl` (x = the
@@ -114,8 +116,9 @@ def r_squared(x: np.ndarray, y: np.ndarray, w: np.ndarray, theta: np.ndarray) ->
     return float(1.0 - np.sum(w * residual**2) / total) if total > 0 else math.nan
 
 
-def peak(form: str, alpha: float, beta: float, d_max: float) -> dict:
-    """Where the fitted gold peaks: {status, kl, d, value}; 'none within range' unless 0 < d* ≤ d_max."""
+def peak(form: str, alpha: float, beta: float, d_max: float, d_min: float = 0.0) -> dict:
+    """Where the fitted gold peaks: {status, kl, d, value}; 'none within range' unless 0 < d* and
+    d_min ≤ d* ≤ d_max (the measured points' smallest and largest d > 0)."""
     none = {"status": "none within range", "kl": None, "d": None, "value": None}
     if not beta > 0:
         return {**none, "note": "beta <= 0: the fitted gold never turns over"}
@@ -124,16 +127,19 @@ def peak(form: str, alpha: float, beta: float, d_max: float) -> dict:
         return {**none, "note": "d* <= 0: the fitted gold falls from KL = 0"}
     if d_star > d_max:
         return {**none, "note": f"d* = {d_star:.3g} beyond the largest measured d = {d_max:.3g}"}
+    if d_star < d_min:
+        return {**none, "note": f"d* = {d_star:.3g} before the smallest measured d = {d_min:.3g}: the fitted gold "
+                                "falls over the whole measured range"}
     value = float((features(form, np.array([d_star])) @ np.array([alpha, beta]))[0])
     return {"status": "within range", "kl": d_star**2, "d": d_star, "value": value, "note": ""}
 
 
-def peak_within(form: str, thetas: np.ndarray, d_max: float) -> np.ndarray:
-    """Per bootstrap draw (B, 2): does the fitted curve peak inside (0, d_max]?"""
+def peak_within(form: str, thetas: np.ndarray, d_max: float, d_min: float = 0.0) -> np.ndarray:
+    """Per bootstrap draw (B, 2): does the fitted curve peak inside (0, d_max] and at or after d_min?"""
     alpha, beta = thetas[:, 0], thetas[:, 1]
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         d_star = alpha / (2 * beta) if form == "bon" else np.exp(np.minimum(alpha / beta - 1, 700.0))
-    return (beta > 0) & (d_star > 0) & (d_star <= d_max)
+    return (beta > 0) & (d_star > 0) & (d_star >= d_min) & (d_star <= d_max)
 
 
 # ----------------------------------------------------------------------------- bootstrap
@@ -217,7 +223,7 @@ def fit_curve(curve: Curve, cfg: FitConfig) -> dict:
     weighted = bool(np.all(np.isfinite(sigma)) and np.all(sigma > 0))
     w = 1.0 / sigma**2 if weighted else np.ones_like(y)
     theta = least_squares(x, y, w)
-    d_max = float(d.max())
+    d_max, d_min = float(d.max()), float(d[used].min())
     out = {"method": curve.method, "rl_method": curve.rl_method, "pm": curve.pm, "label": curve.label,
            "metric": curve.metric, "kl_kind": curve.kl_kind, "form": curve.form, "formula": FORMULAS[curve.form],
            "n_points": int(used.sum()), "kl_max": d_max**2, "baseline": curve.baseline,
@@ -230,8 +236,8 @@ def fit_curve(curve: Curve, cfg: FitConfig) -> dict:
         tail = (1 - cfg.level) / 2
         low, high = np.quantile(thetas, [tail, 1 - tail], axis=0)
         alpha_ci, beta_ci = (float(low[0]), float(high[0])), (float(low[1]), float(high[1]))
-        share = float(peak_within(curve.form, thetas, d_max).mean())
-    out.update(alpha_ci=list(alpha_ci), beta_ci=list(beta_ci), peak=peak(curve.form, *theta, d_max),
+        share = float(peak_within(curve.form, thetas, d_max, d_min).mean())
+    out.update(alpha_ci=list(alpha_ci), beta_ci=list(beta_ci), peak=peak(curve.form, *theta, d_max, d_min),
                peak_within_share=share,
                points=[{"kl": float(k), "value": float(v)} for k, v in zip(curve.kl, curve.value, strict=True)])
     out.setdefault("bootstrap", "none")
