@@ -63,7 +63,8 @@ class ProbeStage(ProbeSettings):
 class PPOStage:
     enabled: bool = False  # run the PPO stage (one run per entry of `pms`)
     config: str | None = None  # a PPO config YAML (configs/ppo/...); its policy/PM paths are filled in by the run
-    pms: list[str] = field(default_factory=lambda: ["proxy", "proxy-nonsyc"])  # proxy | proxy-nonsyc | unbiased
+    # proxy | proxy-nonsyc | unbiased | gold (the world's gold reward); each run's reward is set from its entry
+    pms: list[str] = field(default_factory=lambda: ["proxy", "proxy-nonsyc"])
     overrides: list[str] = field(default_factory=list)  # extra `key=value` overrides for the PPO config
     # fixed KL coefficients (kl.beta) swept: one run per (pm, beta) in ppo/<pm>/beta-<b>/, each run's last
     # probe point one point of the PM's RL beta-sweep curve (pmopt.rl.beta_sweep); empty: one run per PM
@@ -200,16 +201,23 @@ def stage_probes(cfg: ExperimentConfig, run: Path) -> None:
 
 
 PPO_PMS = ("proxy", "proxy-nonsyc", "unbiased")
+# the world's own reward: RL against the truth, the oracle run Gao et al. 2022 set the PMs' runs against
+PPO_SOURCE_REWARDS = ("gold",)
 
 
 def ppo_run_values(cfg: ExperimentConfig, run: Path, pm: str) -> dict:
-    """What this run fills into the PPO config: its base policy, the PM `pm` and the world (prompts, probes)."""
-    if pm not in PPO_PMS:
-        raise ConfigError(f"ppo.pms: unknown PM '{pm}' (known: {', '.join(PPO_PMS)})")
+    """What this run fills into the PPO config: its base policy, the reward `pm` (every field of it, so the PPO
+    config's own `reward.kind` cannot relabel another reward as this PM) and the world (prompts, probes)."""
+    if pm not in PPO_PMS + PPO_SOURCE_REWARDS:
+        raise ConfigError(f"ppo.pms: unknown PM '{pm}' (known: {', '.join(PPO_PMS + PPO_SOURCE_REWARDS)})")
     world = run / "world"
+    if pm in PPO_SOURCE_REWARDS:
+        reward = {"kind": pm, "path": str(world), "prefix": "none", "name": pm}
+    else:
+        reward = {"kind": "pm", "path": str(run / "pms" / ("unbiased" if pm == "unbiased" else "proxy")),
+                  "prefix": "non_sycophantic" if pm == "proxy-nonsyc" else "none", "name": pm}
     return {"seed": cfg.seed, "policy": {"path": str(world / "policy")}, "prompts": {"world": str(world)},
-            "reward": {"path": str(run / "pms" / ("unbiased" if pm == "unbiased" else "proxy")),
-                       "prefix": "non_sycophantic" if pm == "proxy-nonsyc" else "none", "name": pm}}
+            "reward": reward}
 
 
 def merged(base: dict, values: dict) -> dict:

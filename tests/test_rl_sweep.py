@@ -92,7 +92,8 @@ def test_run_dir_names_keep_distinct_betas_apart():
 
 
 def sweep_stage(tmp_path: Path, world: Path, betas: list[float]):
-    """The PPO stage of `pmopt run` on a run directory holding the tiny world, optimising its gold reward."""
+    """The PPO stage of `pmopt run` on a run directory holding the tiny world, optimising its gold reward (the
+    PPO config's `reward.kind` is ignored: the stage sets each run's reward from its `pms` entry)."""
     from pmopt.pipeline import ExperimentConfig, stage_ppo
 
     run = tmp_path / "run"
@@ -101,7 +102,7 @@ def sweep_stage(tmp_path: Path, world: Path, betas: list[float]):
         (run / "world").symlink_to(world)
     ppo_yaml = tmp_path / "ppo.yaml"
     ppo_yaml.write_text(yaml.safe_dump({
-        "reward": {"kind": "gold"},
+        "reward": {"kind": "raters"},
         "prompts": {"n_prompts": 64},
         "sampling": {"max_new_tokens": 16},
         "train": {"steps": SWEEP_STEPS, "rollout_batch_size": 16, "minibatch_size": 8, "ppo_epochs": 2,
@@ -110,7 +111,7 @@ def sweep_stage(tmp_path: Path, world: Path, betas: list[float]):
         "checkpoint": {"every": 100, "keep": 1},
         "threads": 1,
     }))
-    cfg = load_config(ExperimentConfig, data={"ppo": {"enabled": True, "config": str(ppo_yaml), "pms": ["proxy"],
+    cfg = load_config(ExperimentConfig, data={"ppo": {"enabled": True, "config": str(ppo_yaml), "pms": ["gold"],
                                                       "betas": betas}})
     stage_ppo(cfg, run, Manifest(run))
     return run
@@ -128,23 +129,23 @@ def sweep_curve(run: Path) -> list[dict]:
 def test_sweep_writes_one_run_per_pm_and_beta_marked_in_the_manifest(sweep_run):
     manifest = json.loads((sweep_run / "manifest.json").read_text())["stages"]
     for beta in (STRONG, WEAK):
-        run_dir = sweep_run / "ppo" / "proxy" / run_dir_name(beta)
+        run_dir = sweep_run / "ppo" / "gold" / run_dir_name(beta)
         assert load_config(PPOConfig, run_dir / "config.yaml").kl.beta == beta
         assert json.loads((run_dir / "manifest.json").read_text())["stages"]["ppo"]["status"] == "done"
-        assert manifest[f"ppo/proxy/{run_dir_name(beta)}"]["status"] == "done"
+        assert manifest[f"ppo/gold/{run_dir_name(beta)}"]["status"] == "done"
         steps = sorted({r["step"] for r in read_jsonl(run_dir / "curves.jsonl")})
         assert steps == [0, 1, 2, 4, 8, 12]  # dense to step 2, then every 4: the schedule in a real run
 
 
 def test_sweep_curve_is_each_runs_final_rows(sweep_run):
     curve = sweep_curve(sweep_run)
-    assert {r["rl_method"] for r in curve} == {"ppo-beta-sweep"} and {r["pm"] for r in curve} == {"proxy"}
+    assert {r["rl_method"] for r in curve} == {"ppo-beta-sweep"} and {r["pm"] for r in curve} == {"gold"}
     metrics = {r["metric"] for r in curve}
     assert {"gold/reward", "pm/score", "probe/answer/syco_rate"} <= metrics
-    base = read_jsonl(sweep_run / "ppo" / "proxy" / run_dir_name(STRONG) / "curves.jsonl")
+    base = read_jsonl(sweep_run / "ppo" / "gold" / run_dir_name(STRONG) / "curves.jsonl")
     expected = [{**r, "rl_method": "ppo-beta-sweep", "beta": None} for r in base if r["step"] == 0]
     for beta in (STRONG, WEAK):
-        rows = read_jsonl(sweep_run / "ppo" / "proxy" / run_dir_name(beta) / "curves.jsonl")
+        rows = read_jsonl(sweep_run / "ppo" / "gold" / run_dir_name(beta) / "curves.jsonl")
         expected += [{**r, "rl_method": "ppo-beta-sweep", "beta": beta} for r in rows if r["step"] == SWEEP_STEPS]
     assert curve == expected  # exactly: value, KL and interval are the runs' own
     assert [sum(r["beta"] == b for r in curve) for b in (None, STRONG, WEAK)] == [len(metrics)] * 3
@@ -169,7 +170,7 @@ def test_resume_skips_finished_runs_and_reruns_the_unfinished(sweep_run, tiny_wo
     monkeypatch.setattr(pmopt.rl.ppo, "run_ppo", recorded)
     sweep_stage(sweep_run.parent, tiny_world, [STRONG, WEAK])
     assert calls == []
-    Manifest(sweep_run / "ppo" / "proxy" / run_dir_name(WEAK)).mark("ppo", "running")  # as if killed
+    Manifest(sweep_run / "ppo" / "gold" / run_dir_name(WEAK)).mark("ppo", "running")  # as if killed
     sweep_stage(sweep_run.parent, tiny_world, [STRONG, WEAK])
     assert calls == [WEAK]  # resumed from its last checkpoint, so nothing is trained twice
     assert (sweep_run / "ppo" / "curves.jsonl").read_bytes() == before
@@ -210,3 +211,17 @@ def test_report_draws_the_sweep_as_its_own_line_ordered_by_kl():
     plots._draw_vs_kl(ax, plots._series(rows, "gold/reward", None, "kl"), plots.pm_styles(rows))
     lines = {line.get_label(): [float(x) for x in line.get_xdata()] for line in ax.get_lines()}
     assert lines == {"proxy (PPO)": [0.0, 0.5, 1.0, 1.5], "proxy (PPO β sweep)": [0.0, 0.2, 0.9, 2.5, 6.0]}
+
+
+def test_each_ppo_run_optimises_the_reward_its_entry_names(tmp_path):
+    from pmopt.config import ConfigError
+    from pmopt.pipeline import ExperimentConfig, ppo_run_values
+
+    cfg = load_config(ExperimentConfig, data={})
+    run = tmp_path / "run"
+    proxy, nonsyc, gold = (ppo_run_values(cfg, run, pm)["reward"] for pm in ("proxy", "proxy-nonsyc", "gold"))
+    assert proxy == {"kind": "pm", "path": str(run / "pms" / "proxy"), "prefix": "none", "name": "proxy"}
+    assert nonsyc == {**proxy, "prefix": "non_sycophantic", "name": "proxy-nonsyc"}
+    assert gold == {"kind": "gold", "path": str(run / "world"), "prefix": "none", "name": "gold"}
+    with pytest.raises(ConfigError, match="ppo.pms: unknown PM 'raters'"):
+        ppo_run_values(cfg, run, "raters")
