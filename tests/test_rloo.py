@@ -13,7 +13,7 @@ from pmopt.io import read_jsonl, read_metrics
 from pmopt.records import validate_curve_row
 from pmopt.rl.config import PPOConfig
 from pmopt.rl.ppo import run_ppo
-from pmopt.rl.rloo import check_rloo_config, reward_funcs, updates_per_step
+from pmopt.rl.rloo import check_rloo_config, reward_funcs, rloo_args, updates_per_step
 
 
 @pytest.fixture(scope="module")
@@ -79,3 +79,25 @@ def test_rloo_config_errors(tiny_world, seeded_pm):
         check_rloo_config(rloo_config(tiny_world, seeded_pm, "rloo.num_generations=3"), 1)
     with pytest.raises(ConfigError, match="minibatch_size"):
         check_rloo_config(rloo_config(tiny_world, seeded_pm), 3)
+
+
+@pytest.mark.parametrize("schedule", ["constant", "linear"])
+def test_rloo_warms_up_the_learning_rate_as_configured(tiny_world, seeded_pm, tmp_path, schedule):
+    from transformers import get_scheduler
+
+    cfg = rloo_config(tiny_world, seeded_pm, f"train.lr_schedule={schedule}", "train.warmup_steps=3",
+                      "train.learning_rate=0.01")
+    args = rloo_args(cfg, tmp_path, 1)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=args.learning_rate)
+    scheduler = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=args.warmup_steps,
+                              num_training_steps=args.max_steps)
+    rates = []
+    for _ in range(5):
+        rates.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    assert rates[:4] == pytest.approx([0.0, 0.01 / 3, 0.02 / 3, 0.01])  # warmup, then the configured rate
+    if schedule == "constant":
+        assert rates[4] == pytest.approx(0.01)
+    else:
+        assert rates[4] < rates[3]

@@ -54,6 +54,11 @@ def check_rloo_config(cfg: PPOConfig, num_processes: int) -> None:
                           f"train.gradient_accumulation_steps ({t.gradient_accumulation_steps})")
 
 
+# our schedule names -> transformers' (whose "constant" ignores warmup_steps; "constant_with_warmup" with 0
+# warmup steps is constant). transformers' warmup factor is step / warmup, ours (PPO) (update + 1) / warmup.
+TRANSFORMERS_SCHEDULES = {"constant": "constant_with_warmup", "linear": "linear"}
+
+
 def rloo_args(cfg: PPOConfig, out: Path, num_processes: int):
     from trl import RLOOConfig
 
@@ -62,7 +67,7 @@ def rloo_args(cfg: PPOConfig, out: Path, num_processes: int):
     t, upi = cfg.train, updates_per_step(cfg)
     return RLOOConfig(
         output_dir=str(out / "checkpoints"), seed=cfg.seed, data_seed=cfg.seed,
-        max_steps=t.steps * upi, learning_rate=t.learning_rate, lr_scheduler_type=t.lr_schedule,
+        max_steps=t.steps * upi, learning_rate=t.learning_rate, lr_scheduler_type=TRANSFORMERS_SCHEDULES[t.lr_schedule],
         warmup_steps=t.warmup_steps, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
         per_device_train_batch_size=t.minibatch_size // num_processes // t.gradient_accumulation_steps,
         gradient_accumulation_steps=t.gradient_accumulation_steps, generation_batch_size=t.rollout_batch_size,
