@@ -175,3 +175,28 @@ def test_the_intervention_lowers_sycophancy_and_keeps_accuracy(tmp_path, seed):
     assert syco["before"]["value"] > 0.2  # the planted sycophancy is there to remove
     assert syco["difference"]["ci_high"] < 0
     assert plain["difference"]["value"] > -0.05
+
+
+def test_lora_sft_saves_a_plain_policy_with_the_adapters_merged(tiny_world, examples, tmp_path):
+    """With LoRA, OUT/policy is a plain causal LM (no adapter files) whose linear weights moved and whose
+    embeddings and norms (no adapters there) are the base policy's, bit for bit."""
+    from safetensors.torch import load_file
+
+    from pmopt.config import load_config
+    from pmopt.intervene.config import InterventionConfig
+    from pmopt.intervene.sft import DONE_FILE, train_policy
+    from pmopt.io import atomic_write_jsonl
+
+    cfg = load_config(InterventionConfig, WORLD_CONFIG, [f"base.world={tiny_world}", "lora.enabled=true", "lora.r=4",
+                                                          "lora.alpha=8", "lora.dropout=0.0", "train.max_steps=4",
+                                                          "train.learning_rate=0.01"])
+    data = tmp_path / "sft.jsonl"
+    atomic_write_jsonl(data, examples[:64])
+    policy = train_policy(cfg, tiny_world / "policy", data, tmp_path)
+    assert not (policy / "adapter_config.json").exists() and (policy / "model.safetensors").is_file()
+    assert json.loads((policy / DONE_FILE).read_text())["lora"]["r"] == 4
+    base, tuned = load_file(tiny_world / "policy" / "model.safetensors"), load_file(policy / "model.safetensors")
+    assert set(tuned) == set(base)
+    moved = {name for name in base if not np.array_equal(base[name].numpy(), tuned[name].numpy())}
+    assert moved and all(name.endswith("proj.weight") for name in moved), sorted(moved)[:5]
+    assert any("embed" in name for name in base) and not any("embed" in name or "norm" in name for name in moved)
