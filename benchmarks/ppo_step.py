@@ -36,8 +36,8 @@ import torch
 
 from pmopt.config import load_config
 from pmopt.io import read_metrics
+from pmopt.rl.command import run_rl
 from pmopt.rl.config import PPOConfig
-from pmopt.rl.ppo import run_ppo
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
@@ -69,7 +69,7 @@ def mean(values: list[float]) -> float:
 
 
 def ppo_timings(cfg: PPOConfig, out: Path) -> dict:
-    run_ppo(cfg, out)
+    run_rl(cfg, out)
     rows = [r for r in read_metrics(out / "metrics.jsonl") if "ppo/kl" in r][1:]  # step 1: warm-up
     phases = {p: mean([r[f"time/{p}"] for r in rows]) for p in ("generation", "scoring", "update")}
     step = mean([r["time/step"] for r in rows])
@@ -130,7 +130,7 @@ def rloo_timings(cfg: PPOConfig, out: Path) -> dict:
     from pmopt.rl.rloo import updates_per_step
 
     with RLOOTimers(updates_per_step(cfg)) as timers:
-        run_ppo(cfg, out)
+        run_rl(cfg, out)
     # Step ends 1..S give the intervals of steps 2..S (step 1, the warm-up, is left out as for PPO); each end is
     # stamped before the probes of that step run.
     steps = timers.per_step()

@@ -21,7 +21,7 @@ COMMANDS = {
     "train-pm": ("pmopt.pm.train", "train_pm_command", "train a preference model (or an ensemble); accelerate-ready"),
     "score": ("pmopt.pm.score", "score_command", "score prompt/response JSONL with a trained PM"),
     "bon": ("pmopt.bon.sweep", "bon_command", "best-of-N sweep over n <= N_max from one sampling pass"),
-    "ppo": ("pmopt.rl.ppo", "ppo_command", "PPO against a PM with a KL leash to the reference policy"),
+    "ppo": ("pmopt.rl.command", "ppo_command", "PPO against a PM with a KL leash to the reference policy"),
     "probe": ("pmopt.probes.run", "probe_command", "run sycophancy / truthfulness probes on a policy"),
     "report": ("pmopt.report.html", "report_command", "tables, PNG plots and an HTML page for a run directory"),
     "fit": ("pmopt.analysis.fits", "fit_command", "fit Gao et al. 2022's gold-vs-KL forms to a run's curves"),

@@ -233,7 +233,7 @@ def stage_ppo(cfg: ExperimentConfig, run: Path, manifest: Manifest) -> None:
     `ppo.betas`, one run per (PM, beta) and only the beta-sweep curves merged."""
     from pmopt.io import atomic_write_jsonl, read_jsonl
     from pmopt.rl.beta_sweep import run_beta_sweep, run_dir_name
-    from pmopt.rl.ppo import run_ppo
+    from pmopt.rl.command import run_rl
 
     configs = ppo_configs(cfg, run)
     rows = []
@@ -243,7 +243,7 @@ def stage_ppo(cfg: ExperimentConfig, run: Path, manifest: Manifest) -> None:
                                    on_run_done=lambda beta, _, pm=pm: manifest.mark(f"ppo/{pm}/{run_dir_name(beta)}",
                                                                                     "done"))
             continue
-        out = run_ppo(ppo_cfg, run / "ppo" / pm)
+        out = run_rl(ppo_cfg, run / "ppo" / pm)
         rows += read_jsonl(Path(out) / "curves.jsonl")
     atomic_write_jsonl(run / "ppo" / "curves.jsonl", rows)
 

@@ -24,10 +24,11 @@ from pmopt.records import validate_curve_row
 from pmopt.rewards import RewardSpec, build_reward
 from pmopt.rl.batches import encode_queries, pack, policy_outputs, token_values
 from pmopt.rl.checkpoint import read_state, rng_state, set_rng_state
+from pmopt.rl.command import run_rl
 from pmopt.rl.config import PPOConfig, TrainSection
 from pmopt.rl.evaluation import ProbeSchedule
 from pmopt.rl.models import load_value_model
-from pmopt.rl.ppo import NonFiniteError, batch_sizes, run_ppo, stop_if_not_finite
+from pmopt.rl.ppo import NonFiniteError, batch_sizes, stop_if_not_finite
 from pmopt.rl.prompts import load_training_prompts, step_prompt_indices
 from pmopt.rl.setup import load_reward, torch_threads
 from pmopt.sampling import SamplingConfig, sample
@@ -207,7 +208,7 @@ def test_a_registered_reward_kind_needs_no_change_in_rl(tiny_world, tmp_path):
 
     rewards.register_kind("brevity", lambda spec, options: Brevity())
     try:
-        out = run_ppo(ppo_config(tiny_world, "reward.kind=brevity", "train.steps=1"), tmp_path / "brevity")
+        out = run_rl(ppo_config(tiny_world, "reward.kind=brevity", "train.steps=1"), tmp_path / "brevity")
     finally:
         rewards._KINDS.pop("brevity")
     rows = read_jsonl(out / "curves.jsonl")
@@ -294,7 +295,7 @@ def test_value_model_initialised_from_policy_or_pm(tmp_path, tiny_world):
 
 
 def test_ppo_run_trains_logs_and_writes_curves(tmp_path, tiny_world):
-    out = run_ppo(ppo_config(tiny_world, "checkpoint.keep=1"), tmp_path / "run")
+    out = run_rl(ppo_config(tiny_world, "checkpoint.keep=1"), tmp_path / "run")
     rows = read_metrics(out / "metrics.jsonl")
     steps = [r for r in rows if "ppo/kl" in r]
     assert [r["step"] for r in steps] == [1, 2]
@@ -315,7 +316,7 @@ def test_ppo_run_trains_logs_and_writes_curves(tmp_path, tiny_world):
 
 def test_lora_trains_adapters_against_the_disabled_base(tmp_path, tiny_world):
     cfg = ppo_config(tiny_world, "policy.lora.enabled=true", "policy.lora.r=4", "train.steps=1")
-    out = run_ppo(cfg, tmp_path / "run")
+    out = run_rl(cfg, tmp_path / "run")
     from safetensors.torch import load_file
 
     saved = load_file(str(out / "checkpoints" / "step-000001" / "trainable.safetensors"))
@@ -332,7 +333,7 @@ def _comparable(rows):
 
 def test_killed_and_restarted_run_continues_the_same_curve(tmp_path, tiny_world, monkeypatch):
     cfg = ppo_config(tiny_world, "train.steps=4", "checkpoint.every=2")
-    straight = run_ppo(cfg, tmp_path / "straight")
+    straight = run_rl(cfg, tmp_path / "straight")
 
     evaluate = ProbeSchedule.evaluate
 
@@ -343,10 +344,10 @@ def test_killed_and_restarted_run_continues_the_same_curve(tmp_path, tiny_world,
 
     monkeypatch.setattr(ProbeSchedule, "evaluate", killed_at_step_3)
     with pytest.raises(KeyboardInterrupt):
-        run_ppo(cfg, tmp_path / "restarted")
+        run_rl(cfg, tmp_path / "restarted")
     assert 3 in {r["step"] for r in read_metrics(tmp_path / "restarted" / "metrics.jsonl")}
     monkeypatch.setattr(ProbeSchedule, "evaluate", evaluate)
-    restarted = run_ppo(cfg, tmp_path / "restarted")
+    restarted = run_rl(cfg, tmp_path / "restarted")
 
     a, b = read_metrics(straight / "metrics.jsonl"), read_metrics(restarted / "metrics.jsonl")
     assert _comparable(a) == _comparable(b)
@@ -365,7 +366,7 @@ def test_nan_reward_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, t
         return scores * float("nan") if len(calls) == 3 else scores  # 1: probes at step 0; 2, 3: steps 1, 2
 
     with pytest.raises(NonFiniteError, match=r"step 2: reward.*NaN or Inf.*step-000001"):
-        run_ppo(cfg, tmp_path / "run", reward_fn=reward)
+        run_rl(cfg, tmp_path / "run", reward_fn=reward)
     checkpoints = tmp_path / "run" / "checkpoints"
     assert [p.name for p in checkpoints.iterdir()] == ["step-000001"]
     assert read_state(checkpoints / "step-000001")["step"] == 1
@@ -379,13 +380,13 @@ def test_report_to_a_missing_tracker_is_an_error(tmp_path, tiny_world):
     if importlib.util.find_spec("wandb") is not None:
         pytest.skip("wandb is installed here; the error path needs it absent")
     with pytest.raises(ConfigError, match="wandb.*not installed"):
-        run_ppo(ppo_config(tiny_world, "report_to=[wandb]"), tmp_path / "run")
+        run_rl(ppo_config(tiny_world, "report_to=[wandb]"), tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
 
 def test_report_to_tensorboard_writes_events(tmp_path, tiny_world):
     pytest.importorskip("tensorboard")
-    out = run_ppo(ppo_config(tiny_world, "report_to=[tensorboard]", "train.steps=1"), tmp_path / "run")
+    out = run_rl(ppo_config(tiny_world, "report_to=[tensorboard]", "train.steps=1"), tmp_path / "run")
     assert list(out.rglob("events.out.tfevents.*"))
 
 
@@ -399,7 +400,7 @@ CLAIM_STEPS = load_config(PPOConfig, CLAIM_CONFIG).train.steps  # the claim is r
 def claim_curves(world, out, *overrides) -> dict[tuple[str, int], dict]:
     cfg = load_config(PPOConfig, CLAIM_CONFIG, [f"policy.path={world / 'policy'}", f"prompts.world={world}",
                                                 *overrides])
-    run_ppo(cfg, out)
+    run_rl(cfg, out)
     return {(r["metric"], r["step"]): r for r in read_jsonl(out / "curves.jsonl", validate_curve_row)}
 
 

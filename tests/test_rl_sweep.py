@@ -158,16 +158,16 @@ def test_a_stronger_leash_ends_at_a_smaller_kl(sweep_run):
 
 
 def test_resume_skips_finished_runs_and_reruns_the_unfinished(sweep_run, tiny_world, monkeypatch):
-    import pmopt.rl.ppo
+    import pmopt.rl.command
 
     before = (sweep_run / "ppo" / "curves.jsonl").read_bytes()
-    real, calls = pmopt.rl.ppo.run_ppo, []
+    real, calls = pmopt.rl.command.run_rl, []
 
     def recorded(cfg, out, reward_fn=None):
         calls.append(cfg.kl.beta)
         return real(cfg, out, reward_fn)
 
-    monkeypatch.setattr(pmopt.rl.ppo, "run_ppo", recorded)
+    monkeypatch.setattr(pmopt.rl.command, "run_rl", recorded)
     sweep_stage(sweep_run.parent, tiny_world, [STRONG, WEAK])
     assert calls == []
     Manifest(sweep_run / "ppo" / "gold" / run_dir_name(WEAK)).mark("ppo", "running")  # as if killed

@@ -11,8 +11,8 @@ import torch
 from pmopt.config import ConfigError, load_config
 from pmopt.io import read_jsonl, read_metrics
 from pmopt.records import validate_curve_row
+from pmopt.rl.command import run_rl
 from pmopt.rl.config import PPOConfig
-from pmopt.rl.ppo import run_ppo
 from pmopt.rl.rloo import check_rloo_config, reward_funcs, rloo_args, updates_per_step
 
 
@@ -36,7 +36,7 @@ def rloo_config(world, pm, *overrides) -> PPOConfig:
 def test_rloo_optimises_the_pm_and_logs_gold_with_zero_weight(tmp_path, tiny_world, seeded_pm):
     from pmopt.policy import load_policy
 
-    out = run_ppo(rloo_config(tiny_world, seeded_pm), tmp_path / "run")
+    out = run_rl(rloo_config(tiny_world, seeded_pm), tmp_path / "run")
     rows = [r for r in read_metrics(out / "metrics.jsonl") if "rloo/reward" in r]
     assert [r["step"] for r in rows] == [1, 2]
     for row in rows:

@@ -54,7 +54,7 @@ def run_beta_sweep(cfg: PPOConfig, out: str | Path, betas: Sequence[float], rewa
                    on_run_done: Callable[[float, Path], None] | None = None) -> list[dict]:
     """One run of `cfg` per beta under OUT/beta-<b>/ (finished runs skipped, an interrupted one resumed from
     its checkpoint); returns the sweep curve's rows. `on_run_done(beta, run_dir)` follows each finished run."""
-    from pmopt.rl.ppo import run_ppo
+    from pmopt.rl.command import run_rl
 
     check_betas(betas, cfg)
     runs = []
@@ -63,7 +63,7 @@ def run_beta_sweep(cfg: PPOConfig, out: str | Path, betas: Sequence[float], rewa
         if is_finished(run_dir):
             console.info(f"{STAGE}: {cfg.reward_label} beta={float(beta)!r}: done earlier, skipped")
         else:
-            run_ppo(with_beta(cfg, beta), run_dir, reward_fn)
+            run_rl(with_beta(cfg, beta), run_dir, reward_fn)
         if on_run_done is not None:
             on_run_done(beta, run_dir)
         runs.append((float(beta), run_dir))

@@ -1,4 +1,5 @@
-"""`pmopt ppo CONFIG --out DIR`: PPO against a preference model with a KL leash to the reference (docs/ARCHITECTURE.md §7).
+"""PPO against a preference model with a KL leash to the reference (docs/ARCHITECTURE.md §7); the `pmopt ppo`
+command that runs it (or RLOO) is `pmopt.rl.command`.
 
 Read top to bottom (cleanrl style); the math lives in `ppo_math.py`, batches in `batches.py`, the models in
 `models.py`, prompts in `prompts.py`, probes in `evaluation.py`, what both RL methods set up in `setup.py`:
@@ -32,9 +33,9 @@ from pathlib import Path
 import torch
 
 from pmopt import console
-from pmopt.config import ConfigError, load_config
+from pmopt.config import ConfigError
 from pmopt.faults import fault_point
-from pmopt.io import Manifest, PmoptError, agreed_out_dir, append_jsonl, prepare_out_dir
+from pmopt.io import Manifest, PmoptError, append_jsonl
 from pmopt.records import write_curves_csv
 from pmopt.rl import ppo_math
 from pmopt.rl.batches import (
@@ -58,7 +59,6 @@ from pmopt.rl.setup import (
     gold_reward_at,
     load_reward,
     start_run,
-    torch_threads,
 )
 from pmopt.sampling import sample
 
@@ -90,33 +90,6 @@ def batch_sizes(cfg: PPOConfig, num_processes: int) -> Sizes:
 
 
 # ============================================================================ entry points
-
-
-def ppo_command(args) -> Path:
-    """`pmopt ppo CONFIG [--set k=v] [--out DIR]`."""
-    if args.config is None:
-        raise PmoptError("pmopt ppo needs a CONFIG (e.g. configs/ppo/world.yaml)")
-    cfg = load_config(PPOConfig, args.config, args.overrides)
-    return run_ppo(cfg, prepare_out_dir(agreed_out_dir(args.out, STAGE, _process_state), STAGE))
-
-
-def _process_state():
-    from accelerate import PartialState
-
-    return PartialState(cpu=not torch.cuda.is_available())
-
-
-def run_ppo(cfg: PPOConfig, out: str | Path, reward_fn=None) -> Path:
-    """Optimise `cfg.policy` against the reward into `out` (resuming if `out` has checkpoints); returns `out`.
-
-    `reward_fn(prompts, responses, metas) -> Tensor` replaces the configured reward (tests, custom rewards).
-    """
-    with torch_threads(cfg.threads):
-        if cfg.method == "rloo":
-            from pmopt.rl.rloo import run_rloo
-
-            return run_rloo(cfg, out, reward_fn)
-        return train(cfg, Path(out), reward_fn)
 
 
 # ============================================================================ the loop
@@ -405,4 +378,4 @@ def show_progress(bar, metrics: dict) -> None:
         bar.close()
 
 
-__all__ = ["ppo_command", "run_ppo", "train", "PPOConfig", "NonFiniteError", "batch_sizes", "Sizes"]
+__all__ = ["train", "PPOConfig", "NonFiniteError", "batch_sizes", "Sizes"]
