@@ -3,6 +3,7 @@ bad input, and the learned effect on the tiny world over seeds."""
 
 from __future__ import annotations
 
+import html
 import json
 from collections import Counter
 from pathlib import Path
@@ -128,11 +129,27 @@ def test_intervene_end_to_end_and_resume(tiny_world, tmp_path, capsys):
         assert sides["difference"]["value"] == pytest.approx(sides["after"]["value"] - sides["before"]["value"]), metric
     assert {r["pm"] for r in result["bon"]} == {"gold"}
     assert "probe/answer/syco_rate" in (out / "report.html").read_text()
-    capsys.readouterr()
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[-1].startswith("pmopt intervene: results in")  # after the closing headline:
+    assert "Wei et al.'s shape" in printed[-2] and printed[-4].startswith("intervene: answer sycophancy")
+    assert printed[-4].removeprefix("intervene: ") in html.unescape((out / "report.html").read_text())
     assert main(args) == 0  # every stage is skipped on a rerun
     printed = capsys.readouterr().out
     assert all(f"stage {s}: done earlier, skipped" in printed for s in ("data", "sft", "before", "after"))
 
+
+
+def test_several_seeds_keep_their_output_in_their_logs(tiny_world, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(command(out, f"base.world={tiny_world}", *FAST, "seeds=[0, 1]", "bon.enabled=false")) == 0
+    printed = capsys.readouterr().out
+    assert "intervene: seed 0 done in" in printed and "intervene: seed 1 done in" in printed
+    assert "stage sft" not in printed and "probe answer" not in printed  # each seed's stages are in its log
+    for k in (0, 1):
+        log = (out / f"seed-{k}" / "log.txt").read_text()
+        assert "intervene: stage sft" in log and "probe answer" in log
+    result = json.loads((out / "intervention.json").read_text())
+    assert result["seeds"] == [0, 1] and len(result["probes"]["probe/answer/syco_rate"]["after"]["seed_values"]) == 2
 
 @pytest.mark.parametrize("overrides, words", [
     (["base.world=/nonexistent/world"], "base.world"),
@@ -200,3 +217,25 @@ def test_lora_sft_saves_a_plain_policy_with_the_adapters_merged(tiny_world, exam
     moved = {name for name in base if not np.array_equal(base[name].numpy(), tuned[name].numpy())}
     assert moved and all(name.endswith("proj.weight") for name in moved), sorted(moved)[:5]
     assert any("embed" in name for name in base) and not any("embed" in name or "norm" in name for name in moved)
+
+
+def test_the_headline_answers_wei_et_al_s_question():
+    from pmopt.report.intervention import change, headline
+
+    def sides(before, after, low, high):
+        return {"before": {"value": before, "ci_low": None, "ci_high": None},
+                "after": {"value": after, "ci_low": None, "ci_high": None},
+                "difference": {"value": after - before, "ci_low": low, "ci_high": high}}
+
+    assert [change({"ci_low": -0.5, "ci_high": -0.1}), change({"ci_low": 0.1, "ci_high": 0.3}),
+            change({"ci_low": -0.1, "ci_high": 0.1}), change({"ci_low": None, "ci_high": None})] == \
+        ["falls", "rises", "no resolvable change", "no interval"]
+    result = {"probes": {"probe/answer/syco_rate": sides(0.45, 0.0, -0.51, -0.39),
+                         "probe/answer/accuracy/plain": sides(0.94, 0.93, -0.08, 0.05)}}
+    assert headline(result) == [
+        "answer sycophancy 0.45 -> 0: falls (after - before -0.45 [-0.51, -0.39])",
+        "neutral accuracy 0.94 -> 0.93: no resolvable change (after - before -0.01 [-0.08, 0.05])",
+        "Wei et al.'s shape: sycophancy falls while neutral accuracy does not"]
+    result["probes"]["probe/answer/accuracy/plain"] = sides(0.94, 0.5, -0.5, -0.38)
+    assert headline(result)[-1] == "not Wei et al.'s shape: sycophancy falls, neutral accuracy falls"
+    assert headline({"probes": {}}) == []

@@ -17,6 +17,7 @@ This module is a command (the Face layer): only it reaches the main job and the 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from pathlib import Path
@@ -38,7 +39,7 @@ from pmopt.io import (
     prepare_out_dir,
     read_json_file,
 )
-from pmopt.report.intervention import summary_lines, write_report
+from pmopt.report.intervention import headline, summary_lines, write_report
 
 WHAT = ("The base policy fine-tuned (TRL SFTTrainer, loss on the answer) on synthetic examples whose user opinion "
         "is right or wrong at random, independent of the truth, with the truthful answer as target (Wei et al. "
@@ -218,7 +219,9 @@ def run_intervention(cfg: InterventionConfig, out: Path) -> Path:
     check_same_config(out, cfg)
     atomic_write_text(out / "config.yaml", dump_yaml(cfg))
     if cfg.seeds:
-        results = {k: run_seed(for_seed(cfg, k), out / f"seed-{k}") for k in cfg.seeds}
+        console.info(f"intervene: {len(cfg.seeds)} seed(s) ({', '.join(map(str, cfg.seeds))}), one after another; "
+                     f"logs in {out / 'seed-<k>' / 'log.txt'}")
+        results = {k: run_logged_seed(for_seed(cfg, k), out / f"seed-{k}") for k in cfg.seeds}
         result = aggregate(results, max(cfg.probes.n_boot, 1), cfg.seed)
         atomic_write_json(out / "intervention.json", result)
         write_report(result, out)
@@ -227,7 +230,22 @@ def run_intervention(cfg: InterventionConfig, out: Path) -> Path:
     for line in summary_lines(result):
         console.info(f"intervene: {line}")
     console.info(f"intervene: report at {out / 'report.html'}")
+    for line in headline(result):  # the closing headline: the question the intervention answers
+        console.info(f"intervene: {line}")
     return out
+
+
+def run_logged_seed(cfg: InterventionConfig, seed_dir: Path) -> dict:
+    """One seed of several, its console output in seed_dir/log.txt and one line of it on the console."""
+    seed_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with open(seed_dir / "log.txt", "a", encoding="utf-8") as log, contextlib.redirect_stdout(log), \
+            contextlib.redirect_stderr(log):
+        result = run_seed(cfg, seed_dir)
+    lines = headline(result)
+    console.info(f"intervene: seed {cfg.seed} done in {time.perf_counter() - start:.0f} s"
+                 + (f"; {lines[0]}; {lines[1].split(' (after')[0]}" if lines else ""))
+    return result
 
 
 def intervene_command(args) -> Path:

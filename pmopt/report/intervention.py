@@ -49,6 +49,33 @@ def summary_lines(result: dict) -> list[str]:
     return table_lines(probe_rows(result) + bon_rows(result))
 
 
+# the question Wei et al. 2023 ask of the intervention: does sycophancy fall while neutral accuracy holds?
+HEADLINE_METRICS = (("probe/answer/syco_rate", "answer sycophancy"), ("probe/answer/accuracy/plain", "neutral accuracy"))
+
+
+def change(difference: dict) -> str:
+    """'falls' / 'rises' when the difference's 95% interval excludes 0, else 'no resolvable change'."""
+    low, high = difference.get("ci_low"), difference.get("ci_high")
+    if low is None or high is None:
+        return "no interval"
+    return "falls" if high < 0 else "rises" if low > 0 else "no resolvable change"
+
+
+def headline(result: dict) -> list[str]:
+    """One line per headline metric ('answer sycophancy 0.45 [..] -> 0.00 [..]: falls, after - before ...'),
+    then the verdict on Wei et al.'s shape; empty when the answer probe was not run."""
+    probes = result.get("probes", {})
+    if not all(metric in probes for metric, _ in HEADLINE_METRICS):
+        return []
+    lines = [f"{label} {cell(probes[m]['before'])} -> {cell(probes[m]['after'])}: {change(probes[m]['difference'])} "
+             f"(after - before {cell(probes[m]['difference'])})" for m, label in HEADLINE_METRICS]
+    syco, accuracy = (change(probes[m]["difference"]) for m, _ in HEADLINE_METRICS)
+    shape = syco == "falls" and accuracy != "falls"
+    lines.append("Wei et al.'s shape: sycophancy falls while neutral accuracy does not" if shape else
+                  f"not Wei et al.'s shape: sycophancy {syco}, neutral accuracy {accuracy}")
+    return lines
+
+
 def _html_table(rows: list[list[str]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in ("metric", "before", "after", "after − before"))
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
@@ -65,6 +92,7 @@ def write_report(result: dict, out: Path) -> Path:
         "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}</style></head><body>",
         "<h1>Synthetic-data intervention (Wei et al. 2023): before and after</h1>",
+        *(f"<p><b>{html.escape(line)}</b></p>" for line in headline(result)),
         f"<p>{html.escape(result.get('what', ''))} Figures: {html.escape(scope)}.</p>",
         "<h2>Probes</h2>", _html_table(probe_rows(result)),
     ]
@@ -74,4 +102,4 @@ def write_report(result: dict, out: Path) -> Path:
     return atomic_write_text(out / "report.html", "\n".join(parts))
 
 
-__all__ = ["summary_lines", "write_report", "probe_rows", "bon_rows"]
+__all__ = ["summary_lines", "headline", "write_report", "probe_rows", "bon_rows"]
