@@ -349,9 +349,11 @@ def load_yaml_text(text: str) -> dict:
     return yaml.safe_load(text)
 
 
-def run_experiment(cfg: ExperimentConfig, run: Path, with_report: bool = True, policy_cache: Path | None = None) -> Path:
+def run_experiment(cfg: ExperimentConfig, run: Path, with_report: bool = True, policy_cache: Path | None = None,
+                   until: str | None = None) -> Path:
     """The job on one seed, or on every seed of `cfg.seeds` followed by the aggregate over seeds. `policy_cache`:
-    a folder of pretrained base policies shared with other runs (pmopt.world.policy_cache; a sweep's cells)."""
+    a folder of pretrained base policies shared with other runs (pmopt.world.policy_cache; a sweep's cells).
+    `until`: the last stage to run, on one seed (`pmopt intervene` needs only the world and the PMs)."""
     from pmopt.multiseed import print_headline
 
     if cfg.sweep.key is not None:
@@ -375,7 +377,7 @@ def run_experiment(cfg: ExperimentConfig, run: Path, with_report: bool = True, p
         claims = _run_seeds(cfg, run, manifest)
     else:
         manifest.set("seed", cfg.seed)
-        claims = _run_stages(cfg, run, manifest, with_report, policy_cache)
+        claims = _run_stages(cfg, run, manifest, with_report, policy_cache, until)
     if with_report:
         print_headline(claims)
         console.info(f"run: report at {run / 'report' / 'report.html'}")
@@ -383,11 +385,14 @@ def run_experiment(cfg: ExperimentConfig, run: Path, with_report: bool = True, p
 
 
 def _run_stages(cfg: ExperimentConfig, run: Path, manifest: Manifest, with_report: bool,
-                policy_cache: Path | None = None) -> dict:
+                policy_cache: Path | None = None, until: str | None = None) -> dict:
     from pmopt.multiseed import claim_of, claims_summary
 
     timings = {}
-    for name, stage in stages(cfg, with_report, policy_cache):
+    plan = stages(cfg, with_report, policy_cache)
+    if until is not None:
+        plan = plan[:[name for name, _ in plan].index(until) + 1]
+    for name, stage in plan:
         if name == "report":  # the report shows the claim: write it first
             _write_claims(run, claims_summary({cfg.seed: claim_of(run)}, run / "bon" / "curves.jsonl"))
         if manifest.is_done(name):

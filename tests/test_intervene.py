@@ -239,3 +239,21 @@ def test_the_headline_answers_wei_et_al_s_question():
     result["probes"]["probe/answer/accuracy/plain"] = sides(0.94, 0.5, -0.5, -0.38)
     assert headline(result)[-1] == "not Wei et al.'s shape: sycophancy falls, neutral accuracy falls"
     assert headline({"probes": {}}) == []
+
+
+def test_an_experiment_base_builds_only_the_world_and_its_pms(tmp_path, capsys):
+    """`base.experiment` runs the main job's world and PM stages into OUT/base/ (no best-of-N of its own), then
+    the intervention measures best-of-N under those PMs."""
+    small = ["world.policy.steps=60", "world.pairs.n_pairs=300", "world.corpus.n_dialogues=800",
+             "world.probes.n_questions=8", "world.stats.samples_per_prompt=1", "pm.train.epochs=1.0",
+             "pm.unbiased=false"]
+    out = tmp_path / "run"
+    args = ["intervene", str(WORLD_CONFIG), "--set", "base.world=null", "--set",
+            f"base.experiment={REPO / 'configs' / 'experiments' / 'tiny.yaml'}", "--set", f"base.overrides={small}",
+            *[w for item in FAST for w in ("--set", item)], "--set", "data.filter_known=false", "--out", str(out)]
+    assert main(args) == 0
+    stages = json.loads((out / "base" / "manifest.json").read_text())["stages"]
+    assert {"world", "pms"} <= {k for k, v in stages.items() if v["status"] == "done"}
+    assert "bon" not in stages and not (out / "base" / "bon").exists()
+    assert {r["pm"] for r in json.loads((out / "intervention.json").read_text())["bon"]} == {"proxy", "proxy-nonsyc",
+                                                                                              "gold"}

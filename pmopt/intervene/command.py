@@ -3,7 +3,7 @@
 Per seed, stages in OUT[/seed-<k>]/, each marked done in `manifest.json` only once its files are complete,
 so a rerun on the same --out skips finished stages (SFT also resumes from its last Trainer checkpoint):
 
-  base     only with `base.experiment`: the main job's stages (`pmopt run`, no report) into base/
+  base     only with `base.experiment`: the main job's world and PMs (`pmopt run`'s first stages) into base/
   data     data/sft.jsonl: opinions right or wrong at random, truthful targets (`pmopt.intervene.data`)
   sft      policy/: the base policy fine-tuned on them with TRL's SFTTrainer (`pmopt.intervene.sft`)
   before   before/probes/, before/bon/: the probes and the best-of-N sweep on the base policy
@@ -148,7 +148,7 @@ def run_seed(cfg: InterventionConfig, out: Path) -> dict:
     if cfg.base.experiment:
         from pmopt.pipeline import run_experiment
 
-        stage("base", lambda: run_experiment(experiment_config(cfg), out / "base", with_report=False))
+        stage("base", lambda: run_experiment(experiment_config(cfg), out / "base", with_report=False, until="pms"))
     source = sources.open_path(base.world, "base")
     stage("data", lambda: build_data(source, base.policy, cfg, out / "data"))
     stage("sft", lambda: train_policy(cfg, base.policy, out / "data" / "sft.jsonl", out))
