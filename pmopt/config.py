@@ -197,6 +197,11 @@ def _coerce(hint: Any, value: Any, source: str, key: str, validate: bool = True)
             raise ConfigError(f"{source}: '{key}': expected one of {list(args)}, got {value!r}")
         return value
     if dataclasses.is_dataclass(hint):
+        if value is not None and not isinstance(value, dict) and hasattr(hint, "from_scalar"):
+            # a section that was once one value: the old form still loads, for one release
+            value = hint.from_scalar(value)
+            print(f"pmopt: {source}: '{key}: <value>' is now the section '{key}: {value}' (the old form goes in the "
+                  "next release)", file=sys.stderr)
         return from_dict(hint, value if value is not None else {}, source, f"{key}.", validate)
     if origin in (list, tuple) or hint in (list, tuple):
         if not isinstance(value, (list, tuple)):

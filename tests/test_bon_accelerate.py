@@ -94,3 +94,46 @@ def test_two_processes_equal_one(config, tmp_path):
          "--main_process_port", str(free_port()), "-m", "pmopt.cli", "bon", str(config)], cpu_flag)
     assert processes(cpu_flag) in (1, 2)
     assert_same(single, cpu_flag)
+
+
+@pytest.fixture(scope="module")
+def judged_config(tmp_path_factory):
+    """Best-of-N on SycophancyEval answer records (real data) graded by an LM judge: a tiny Qwen2 instruct-style
+    policy (ChatML BPE tokenizer trained on the records) that is also the judge, and a BERT reward model."""
+    from builders import bpe_tokenizer, save_bert_seq_cls, save_qwen2_causal_lm, wordpiece_tokenizer
+    from conftest import require_shared
+
+    from pmopt.io import read_jsonl
+
+    answer = require_shared("sycophancy-eval/answer.sample.jsonl")
+    texts = [turn["content"] for record in read_jsonl(answer) for turn in record["prompt"]] * 20
+    texts += ["You are a helpful assistant. user assistant system yes no correct incorrect"] * 5
+    root = tmp_path_factory.mktemp("bon_judged")
+    policy = save_qwen2_causal_lm(root / "policy", bpe_tokenizer(texts, "chatml", vocab_size=500), seed=0)
+    rm = save_bert_seq_cls(root / "rm", wordpiece_tokenizer(texts, vocab_size=400))
+    path = root / "bon.yaml"
+    path.write_text(json.dumps({
+        "policy": str(policy), "probes": ["answer"], "probe_sources": {"answer": str(answer)}, "n_max": 16,
+        "n_boot": 20, "shard_size": 2, "sampling": {"max_new_tokens": 8},
+        "judge": {"kind": "lm", "path": str(policy), "batch_size": 1},
+        "pms": [{"name": "rm", "path": str(rm), "batch_size": 1}]}))
+    return path
+
+
+def test_an_lm_judge_split_across_two_processes_grades_as_one(judged_config, tmp_path):
+    """The judge's queries are split across two real processes (chunks of judge.batch_size * 32 queries, every
+    P-th chunk per process): grades, scores and curves byte-identical to one process."""
+    single = tmp_path / "single"
+    run([sys.executable, "-m", "pmopt.cli", "bon", str(judged_config)], single)
+    stages = json.loads((single / "manifest.json").read_text())["stages"]
+    asked = stages["bon/grades"]["judge_queries_per_process"]
+    assert len(asked) == 1 and asked[0] > 32, asked  # more than one chunk, so two processes can split them
+    two = tmp_path / "two"
+    run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+         "--main_process_port", str(free_port()), "-m", "pmopt.cli", "bon", str(judged_config)], two)
+    split = json.loads((two / "manifest.json").read_text())["stages"]["bon/grades"]
+    assert split["processes"] == 2 and len(split["judge_queries_per_process"]) == 2
+    assert min(split["judge_queries_per_process"]) > 0 and sum(split["judge_queries_per_process"]) == asked[0]
+    for name in ("grades.jsonl", "scores/rm.jsonl", "curves.jsonl", "curves.csv"):
+        assert (single / name).read_bytes() == (two / name).read_bytes(), name

@@ -120,3 +120,21 @@ def test_yaml_no_reads_as_the_choice_no(tmp_path):
     assert load_config(HoldsRenamed, None, ["train.precision=no"]).train.precision == "no"
     with pytest.raises(ConfigError, match="expected one of"):
         load_config(HoldsRenamed, None, ["train.precision=yes"])
+
+
+def test_bon_and_probe_share_one_judge_section_and_the_old_bon_form_still_loads(tmp_path, capsys):
+    from pmopt.bon.sweep import BonConfig
+    from pmopt.probes.judges import JudgeConfig
+    from pmopt.probes.run import ProbeRunConfig
+
+    assert BonConfig.__dataclass_fields__["judge"].type == ProbeRunConfig.__dataclass_fields__["judge"].type
+    path = tmp_path / "bon.yaml"
+    path.write_text("world: w\npms: [{name: g, kind: gold}]\njudge: some/judge-lm\n")
+    cfg = load_config(BonConfig, path)
+    assert cfg.judge == JudgeConfig(kind="lm", path="some/judge-lm")
+    assert "'judge: <value>' is now the section" in capsys.readouterr().err
+    path.write_text("world: w\npms: [{name: g, kind: gold}]\njudge: {kind: lm, path: j, batch_size: 2}\n")
+    assert load_config(BonConfig, path).judge == JudgeConfig(kind="lm", path="j", batch_size=2)
+    path.write_text("world: w\npms: [{name: g, kind: gold}]\njudge: {kind: lm}\n")
+    with pytest.raises(ConfigError, match="judge.path is required"):
+        load_config(BonConfig, path)

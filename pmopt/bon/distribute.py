@@ -80,9 +80,11 @@ def sharded_map(state, fn: Callable[[int, int], list], n_items: int, chunk: int,
     return [merged[start] for start, _ in chunk_bounds(n_items, chunk)]
 
 
-def sharded_list_map(state, fn: Callable[[Sequence], list], items: Sequence, chunk: int) -> list:
-    """`fn` over `items` in chunks (results concatenated in order), split across processes."""
-    parts = sharded_map(state, lambda start, stop: list(fn(items[start:stop])), len(items), chunk)
+def sharded_list_map(state, fn: Callable[[Sequence], list], items: Sequence, chunk: int,
+                     tally: list[int] | None = None) -> list:
+    """`fn` over `items` in chunks (results concatenated in order), split across processes; `tally` as in
+    `sharded_map`."""
+    parts = sharded_map(state, lambda start, stop: list(fn(items[start:stop])), len(items), chunk, tally)
     return [result for part in parts for result in part]
 
 

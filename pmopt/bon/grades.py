@@ -29,8 +29,9 @@ GRADES_META = "grades.json"
 _JUDGE_CHUNKS_OF = 32  # judge batches per chunk of queries (the unit of work per process)
 
 
-def load_or_grade(out: str | Path, plan, samples, judge=None, state=None) -> list[list[dict]]:
-    """Per prompt, per sample: the outcome dict (NaN outcomes left out).
+def load_or_grade(out: str | Path, plan, samples, judge=None, state=None, tally: list[int] | None = None) -> list[list[dict]]:
+    """Per prompt, per sample: the outcome dict (NaN outcomes left out). `tally` gets the judge queries each
+    process answered (rank order; left empty when the grades were already on disk).
 
     With `state` (several processes), every process must call this: a judge's queries are split across
     them, and only the main process writes.
@@ -40,7 +41,7 @@ def load_or_grade(out: str | Path, plan, samples, judge=None, state=None) -> lis
     path, meta_path = out / GRADES_FILE, out / GRADES_META
     if path.is_file() and meta_path.is_file() and json.loads(meta_path.read_text(encoding="utf-8")) == meta:
         return read_grades(path, samples)
-    grades = grade_samples(plan, samples, judge, state)
+    grades = grade_samples(plan, samples, judge, state, tally)
     if state is None or state.is_main_process:
         atomic_write_jsonl(path, grade_rows(plan, samples, grades))
         atomic_write_json(meta_path, meta)  # written last: it marks grades.jsonl as complete and current
@@ -49,7 +50,7 @@ def load_or_grade(out: str | Path, plan, samples, judge=None, state=None) -> lis
     return grades
 
 
-def grade_samples(plan, samples, judge=None, state=None) -> list[list[dict]]:
+def grade_samples(plan, samples, judge=None, state=None, tally: list[int] | None = None) -> list[list[dict]]:
     from pmopt.probes.base import Sample
     from pmopt.probes.judges import EXACT, grade_batched
 
@@ -57,7 +58,11 @@ def grade_samples(plan, samples, judge=None, state=None) -> list[list[dict]]:
     chunk = getattr(judge, "batch_size", 16) * _JUDGE_CHUNKS_OF
 
     def answer(ask, queries):  # a judge's queries in chunks, split across the processes of `state`
-        return sharded_list_map(state, ask, queries, chunk)
+        counts: list[int] = []
+        answers = sharded_list_map(state, ask, queries, chunk, counts)
+        if tally is not None:  # summed over the probes' calls, per process
+            tally[:] = [a + b for a, b in zip(tally, counts, strict=True)] if tally else counts
+        return answers
     grades: list[list[dict]] = [[] for _ in plan.records]
     for name, probe in plan.probes.items():
         index = [i for i, p in enumerate(plan.probe_of) if p == name]

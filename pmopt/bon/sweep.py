@@ -26,6 +26,7 @@ cannot be read off one sampling pass and are refused here: run them with `pmopt 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -52,6 +53,7 @@ from pmopt.faults import fault_point
 from pmopt.io import Manifest, PmoptError, agreed_out_dir, atomic_write_text, prepare_out_dir
 from pmopt.pm.loading import PMLoadOptions
 from pmopt.policy import AttnImplementation
+from pmopt.probes.judges import JudgeConfig
 from pmopt.records import write_curves
 from pmopt.rewards import AGGREGATES, PM_KINDS, RewardSpec, registered_kinds
 from pmopt.sampling import SamplingConfig
@@ -113,7 +115,9 @@ class BonConfig(BonSettings):
     seed: int = 0  # sampling streams and bootstrap resamples
     ci: float = 0.95  # level of the bootstrap intervals
     pms: list[PMEntry] = field(default_factory=list)  # every sample is scored by each; --set replaces the list
-    judge: str | None = None  # HF causal LM dir for the LM judge (free-form real feedback); world: exact
+    # exact, or an LM judge (free-form real feedback): `pmopt probe`'s judge section; a process's unit of work
+    # is 32 judge batches
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
     # dtype the policy is loaded in; null = auto (the checkpoint's)
     policy_dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = None
     attn_implementation: AttnImplementation | None = None  # policy and PMs; None = transformers' default
@@ -246,7 +250,7 @@ def plan_sweep(cfg: BonConfig) -> SweepPlan:
 def _validate(cfg: BonConfig) -> None:
     """A config built in Python (not through `load_config`) gets the same checks as one from YAML."""
     try:
-        for part in (cfg, cfg.sampling, *cfg.pms):
+        for part in (cfg, cfg.sampling, cfg.judge, *cfg.pms):
             part.validate()
     except ValueError as exc:
         raise ConfigError(f"<bon config>: {exc}") from None
@@ -255,13 +259,13 @@ def _validate(cfg: BonConfig) -> None:
 def _check_judge(cfg: BonConfig, probes: dict, records: list[dict], probe_of: list[str]) -> None:
     for name, probe in probes.items():
         mine = [r for r, p in zip(records, probe_of, strict=True) if p == name]
-        if cfg.judge is None and probe.needs_lm_judge(mine):
-            raise ConfigError(f"probes: '{name}' grades these records with an LM judge; set judge: to an HF "
-                              "causal LM directory")
-    if cfg.judge is not None:
+        if cfg.judge.kind == "exact" and probe.needs_lm_judge(mine):
+            raise ConfigError(f"probes: '{name}' grades these records with an LM judge; set judge.kind: lm and "
+                              "judge.path: an HF causal LM directory")
+    if cfg.judge.kind == "lm":
         from pmopt.policy import check_model_path
 
-        check_model_path(cfg.judge, "judge")
+        check_model_path(cfg.judge.path, "judge.path")
 
 
 def _check_unique_ids(records: list[dict], probe_of: list[str]) -> None:
@@ -354,13 +358,14 @@ def _finish(out: Path, plan: SweepPlan, state) -> Path:
     main process), score with every PM (split across processes); the main process writes the curves."""
     main, device = state.is_main_process, state.device
     samples = read_samples(out, plan.records, plan.cfg)
-    grades = None
-    if plan.cfg.judge is not None:
-        grades = load_or_grade(out, plan, samples, _judge(plan.cfg, device), state)
+    grades, per_process = None, []  # judge queries each process answered (rank order)
+    if plan.cfg.judge.kind == "lm":
+        grades = load_or_grade(out, plan, samples, _judge(plan.cfg, device), state, per_process)
     elif main:
         grades = load_or_grade(out, plan, samples)
     if main:
-        _mark(out, "grades", processes=state.num_processes if plan.cfg.judge is not None else 1)
+        _mark(out, "grades", processes=state.num_processes if plan.cfg.judge.kind == "lm" else 1,
+              judge_queries_per_process=per_process)
     gold = gold_rewards(plan, samples) if plan.gold is not None and main else None
     scores = {}
     for entry in plan.cfg.pms:
@@ -382,12 +387,10 @@ def _finish(out: Path, plan: SweepPlan, state) -> Path:
 
 
 def _judge(cfg: BonConfig, device):
-    if cfg.judge is None:
-        return None
-    from pmopt.probes.judges import LMJudge
+    from pmopt.probes.judges import make_judge
 
-    return LMJudge.load(cfg.judge, device=str(device) if device is not None else None,
-                        trust_remote_code=cfg.trust_remote_code)
+    judge = dataclasses.replace(cfg.judge, trust_remote_code=cfg.judge.trust_remote_code or cfg.trust_remote_code)
+    return make_judge(judge, device=str(device) if device is not None else None)
 
 
 def _mark(out: Path, stage: str, **info) -> None:

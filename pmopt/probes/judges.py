@@ -21,7 +21,7 @@ import re
 import string
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 from pmopt.io import PmoptError
 from pmopt.text import encode, join, render_prompt
@@ -220,6 +220,38 @@ def _user(text: str) -> dict:
 
 def _assistant(text: str) -> dict:
     return {"role": "assistant", "content": text}
+
+
+@dataclass
+class JudgeConfig:
+    """How responses are graded, one section for `pmopt probe` and `pmopt bon`: exact rules where a record has
+    them, else an LM judge."""
+
+    kind: Literal["exact", "lm"] = "exact"  # exact rules, or an HF causal LM prompted with the paper's prompts
+    path: str | None = None  # the LM judge's directory (or hub id)
+    batch_size: int = 16  # judge prompts per forward pass
+    dtype: str | None = None  # judge weights dtype: auto, float32, bfloat16, float16; null = auto
+    device: str | None = None  # judge device, e.g. cuda:1; null = cuda if present, else cpu
+    trust_remote_code: bool = False  # allow the judge repo's own Python code
+
+    @staticmethod
+    def from_scalar(value) -> dict:
+        """`judge: DIR` (best-of-N's old form) means an LM judge at DIR."""
+        return {"kind": "lm", "path": value}
+
+    def validate(self) -> None:
+        if self.kind == "lm" and not self.path:
+            raise ValueError("judge.path is required when judge.kind is 'lm'")
+        if self.batch_size < 1:
+            raise ValueError("judge.batch_size must be >= 1")
+
+
+def make_judge(cfg: JudgeConfig, device: str | None = None) -> Judge:
+    """The judge `cfg` names; `device` is the process's when `cfg.device` leaves it open."""
+    if cfg.kind == "exact":
+        return EXACT
+    return LMJudge.load(cfg.path, batch_size=cfg.batch_size, dtype=cfg.dtype, device=cfg.device or device,
+                        trust_remote_code=cfg.trust_remote_code)
 
 
 class LMJudge:

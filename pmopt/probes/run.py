@@ -20,7 +20,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 from pmopt import console
 from pmopt import sources as data_sources  # `sources` is the probe -> file mapping here
@@ -36,26 +35,10 @@ from pmopt.io import (
 )
 from pmopt.policy import AttnImplementation
 from pmopt.probes.base import Probe, Sample, mean_outcomes
-from pmopt.probes.judges import EXACT, Judge, LMJudge, grade_batched
+from pmopt.probes.judges import EXACT, Judge, JudgeConfig, grade_batched, make_judge
 from pmopt.probes.registry import DEFAULT_PROBES, get_probes
 from pmopt.probes.stats import bootstrap_metrics
 from pmopt.sampling import SamplingConfig
-
-
-@dataclass
-class JudgeConfig:
-    kind: Literal["exact", "lm"] = "exact"  # exact rules, or an HF causal LM prompted with the paper's prompts
-    path: str | None = None  # the LM judge's directory (or hub id)
-    batch_size: int = 16  # judge prompts per forward pass
-    dtype: str | None = None  # judge weights dtype: auto, float32, bfloat16, float16; null = auto
-    device: str | None = None  # judge device, e.g. cuda:1; null = cuda if present, else cpu
-    trust_remote_code: bool = False  # allow the judge repo's own Python code
-
-    def validate(self) -> None:
-        if self.kind == "lm" and not self.path:
-            raise ValueError("judge.path is required when judge.kind is 'lm'")
-        if self.batch_size < 1:
-            raise ValueError("judge.batch_size must be >= 1")
 
 
 @dataclass
@@ -152,13 +135,6 @@ def load_probe_sets(probe_names: str | Sequence[str], sources: dict[str, str] | 
             raise PmoptError(f"{source}: no prompt records for probe '{probe.name}'")
         sets[probe.name] = (probe, records)
     return sets
-
-
-def make_judge(cfg: JudgeConfig) -> Judge:
-    if cfg.kind == "exact":
-        return EXACT
-    return LMJudge.load(cfg.path, batch_size=cfg.batch_size, dtype=cfg.dtype, device=cfg.device,
-                        trust_remote_code=cfg.trust_remote_code)
 
 
 def check_judge(sets: dict[str, tuple[Probe, list[dict]]], judge_cfg: JudgeConfig) -> None:
