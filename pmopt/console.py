@@ -19,7 +19,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 
 LEVELS = ("quiet", "normal", "verbose")
 _level = "normal"
@@ -77,6 +77,14 @@ def stage(name: str) -> Iterator[None]:
     info(f"{name} done in {time.perf_counter() - start:.1f} s")
 
 
+@contextmanager
+def logged_to(path) -> Iterator[None]:
+    """Everything printed inside (pmopt's lines, bars, third-party output) appended to the file `path` instead
+    of the console: one seed's or cell's output while the console gets one line for it."""
+    with open(path, "a", encoding="utf-8") as log, redirect_stdout(log), redirect_stderr(log):
+        yield
+
+
 def bar(iterable: Iterable | None = None, *, total: int | None = None, desc: str, unit: str = "it",
         position: int | None = None, initial: int = 0):
     """pmopt's progress bar (tqdm on stderr): one per long step, off under -q. Put the step's metric on it
@@ -132,4 +140,4 @@ def quiet_trainer(trainer, desc: str, postfix: dict[str, str]) -> None:
     trainer.add_callback(trainer_bar(desc, postfix))
 
 
-__all__ = ["configure", "level", "info", "result", "stage", "bar", "trainer_bar", "quiet_trainer"]
+__all__ = ["configure", "level", "info", "result", "stage", "logged_to", "bar", "trainer_bar", "quiet_trainer"]

@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -537,6 +538,23 @@ class Manifest:
         entry = self.data["stages"].setdefault(stage, {})
         entry.update(status=status, time=_dt.datetime.now().isoformat(timespec="seconds"), **info)
         self.save()
+
+    def run_stage(self, stage: str, label: str, work: Callable[[], Any]) -> float | None:
+        """`work()` as `stage`, unless it is done: marked running, then done with its seconds once `work`
+        returns (a killed stage stays running and runs again); `label` names it on the console ("run: stage
+        pms"). Returns the seconds, or None when the stage was done earlier and skipped."""
+        from pmopt import console
+
+        if self.is_done(stage):
+            console.info(f"{label}: done earlier, skipped")
+            return None
+        start = time.perf_counter()
+        self.mark(stage, "running")
+        with console.stage(label):
+            work()
+        seconds = round(time.perf_counter() - start, 1)
+        self.mark(stage, "done", seconds=seconds)
+        return seconds
 
     def set(self, key: str, value: Any) -> None:
         self.data[key] = value

@@ -14,7 +14,6 @@ keeps its results, so `pmopt report` and the claim read a multi-seed run like an
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import time
@@ -119,8 +118,7 @@ def run_one_seed(cfg, seed_dir: Path, threads: int, policy_cache: Path | None = 
     torch.set_num_threads(threads)
     start = time.perf_counter()
     try:
-        with open(seed_dir / "log.txt", "a", encoding="utf-8") as log, contextlib.redirect_stdout(log), \
-                contextlib.redirect_stderr(log):
+        with console.logged_to(seed_dir / "log.txt"):
             run_experiment(cfg, seed_dir, with_report=False, policy_cache=policy_cache)
     finally:
         torch.set_num_threads(previous)

@@ -395,15 +395,10 @@ def _run_stages(cfg: ExperimentConfig, run: Path, manifest: Manifest, with_repor
     for name, stage in plan:
         if name == "report":  # the report shows the claim: write it first
             _write_claims(run, claims_summary({cfg.seed: claim_of(run)}, run / "bon" / "curves.jsonl"))
-        if manifest.is_done(name):
-            console.info(f"run: stage {name}: done earlier, skipped")
-            continue
-        start = time.perf_counter()
-        manifest.mark(name, "running")
-        with console.stage(f"run: stage {name}"):
-            stage(cfg, run, manifest) if name in ("pms", "ppo") else stage(cfg, run)
-        timings[name] = round(time.perf_counter() - start, 1)
-        manifest.mark(name, "done", seconds=timings[name])
+        args = (cfg, run, manifest) if name in ("pms", "ppo") else (cfg, run)
+        seconds = manifest.run_stage(name, f"run: stage {name}", functools.partial(stage, *args))
+        if seconds is not None:
+            timings[name] = seconds
     atomic_write_json(run / "timings.json", {**_load_json(run / "timings.json"), **timings})
     claims = claims_summary({cfg.seed: claim_of(run)}, run / "bon" / "curves.jsonl")
     _write_claims(run, claims)

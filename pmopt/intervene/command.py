@@ -17,7 +17,6 @@ This module is a command (the Face layer): only it reaches the main job and the 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import time
 from pathlib import Path
@@ -136,14 +135,7 @@ def run_seed(cfg: InterventionConfig, out: Path) -> dict:
     base = resolve_base(cfg, out)
 
     def stage(name: str, work) -> None:
-        if manifest.is_done(name):
-            console.info(f"intervene: stage {name}: done earlier, skipped")
-            return
-        start = time.perf_counter()
-        manifest.mark(name, "running")
-        with console.stage(f"intervene: stage {name}"):
-            work()
-        manifest.mark(name, "done", seconds=round(time.perf_counter() - start, 1))
+        manifest.run_stage(name, f"intervene: stage {name}", work)
 
     if cfg.base.experiment:
         from pmopt.pipeline import run_experiment
@@ -239,8 +231,7 @@ def run_logged_seed(cfg: InterventionConfig, seed_dir: Path) -> dict:
     """One seed of several, its console output in seed_dir/log.txt and one line of it on the console."""
     seed_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    with open(seed_dir / "log.txt", "a", encoding="utf-8") as log, contextlib.redirect_stdout(log), \
-            contextlib.redirect_stderr(log):
+    with console.logged_to(seed_dir / "log.txt"):
         result = run_seed(cfg, seed_dir)
     lines = headline(result)
     console.info(f"intervene: seed {cfg.seed} done in {time.perf_counter() - start:.0f} s"
