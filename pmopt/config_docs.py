@@ -12,9 +12,11 @@ from __future__ import annotations
 import ast
 import dataclasses
 import functools
+import html
 import importlib
 import inspect
 import io
+import re
 import textwrap
 import tokenize
 import types
@@ -162,6 +164,24 @@ def format_keys(keys: list[KeyDoc], width: int = 110) -> str:
     return "\n".join(lines)
 
 
+def keys_html(keys: list[KeyDoc]) -> str:
+    """The same listing as an HTML table for the docs site (docs/commands/*.md): raw HTML, because a key's
+    type or help may hold a `|`, which a Markdown table would read as a column break."""
+    def cell(text: str) -> str:  # `code` in a help comment stays code
+        return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text, quote=False))
+
+    rows = ["<table>", "<thead><tr><th>key</th><th>type = default</th><th>what it sets</th></tr></thead>", "<tbody>"]
+    for doc in keys:
+        key = f"<code>{html.escape(doc.key)}</code>"
+        if doc.section:
+            rows.append(f'<tr><td colspan="3"><strong>{key}</strong> (section) {cell(doc.help)}</td></tr>')
+            continue
+        where = f" (in each item of <code>{html.escape(doc.item_of)}</code>)" if doc.item_of else ""
+        rows.append(f"<tr><td>{key}</td><td><code>{html.escape(doc.type)} = {html.escape(doc.default)}</code></td>"
+                    f"<td>{cell(doc.help)}{where}</td></tr>")
+    return "\n".join([*rows, "</tbody>", "</table>"])
+
+
 def show_yaml(obj: Any) -> str:
     """A config as YAML that `load_config` reads back to an equal config (`pmopt config show`)."""
     return yaml.safe_dump(to_dict(obj), sort_keys=False, width=10_000)
@@ -206,5 +226,5 @@ def all_config_classes(root: type) -> list[type]:
     return seen
 
 
-__all__ = ["CONFIG_CLASSES", "config_class", "command_config_help", "config_show_command", "KeyDoc", "field_help", "config_keys", "format_keys", "show_yaml", "all_config_classes", "type_name",
+__all__ = ["CONFIG_CLASSES", "config_class", "command_config_help", "config_show_command", "KeyDoc", "field_help", "config_keys", "format_keys", "keys_html", "show_yaml", "all_config_classes", "type_name",
            "format_value"]

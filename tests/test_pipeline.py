@@ -47,7 +47,7 @@ def test_run_refuses_a_different_config_on_the_same_dir(biased_run):
 
 @pytest.mark.slow
 def test_claim_biased_raters(biased_run):
-    """Proxy PM: sycophancy rises with n by at least 0.3 (the README's sentence); the PM trained on unbiased
+    """Proxy PM: sycophancy rises with n by at least 0.3 (docs/results.md); the PM trained on unbiased
     raters (w_agree = 0) ends wholly below it (non-overlapping 95% intervals): the raters' bias drives it.
 
     The prefixed PM's best-of-32 is not asserted here: on the tiny world whether the prefix turns the PM's

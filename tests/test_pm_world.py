@@ -70,5 +70,5 @@ def test_pm_agreement_with_raters(tiny_world, tiny_world_pms):
     ceiling = rater_agreement(pairs, load_config(WorldConfig, tiny_world / "config.yaml").raters)
     info = json.loads((tiny_world_pms["proxy"] / "pmopt_pm.json").read_text())
     assert info["eval_accuracy"] == pytest.approx(accuracy, abs=1e-6)
-    # the tiny world is small (2,160 training pairs); the default world must reach 0.8 (measured in the README)
+    # the tiny world is small (2,160 training pairs); the default world must reach 0.8 (measured in docs/world.md)
     assert accuracy >= 0.7 * ceiling, (accuracy, ceiling)

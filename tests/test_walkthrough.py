@@ -1,6 +1,6 @@
-"""The README's "Real models: a walkthrough", run as written on CPU with nothing downloaded.
+"""docs/walkthrough.md ("Real models: a walkthrough"), run as written on CPU with nothing downloaded.
 
-The four commands of the README section (train-pm -> bon -> probe -> report) run through `pmopt.cli.main`
+The four commands of that page (train-pm -> bon -> probe -> report) run through `pmopt.cli.main`
 with the configs of configs/walkthrough/; `--set` swaps the hub ids for local directories built here:
 randomly initialised models of the real architectures (Qwen2 causal LM for the policy and the PM's base, a
 BERT sequence classifier saved as published reward models ship) with tokenizers trained on the shared
@@ -26,7 +26,7 @@ from pmopt.io import read_jsonl
 HH = "hh-rlhf/harmless-base/test.jsonl.gz"
 ANSWER = "sycophancy-eval/answer.sample.jsonl"
 RUN = "checkpoints/walkthrough"
-COMMANDS = [  # verbatim from the README section
+COMMANDS = [  # verbatim from docs/walkthrough.md
     "pmopt train-pm configs/walkthrough/pm_hh.yaml --out checkpoints/walkthrough/pms/hh",
     "pmopt bon configs/walkthrough/bon_answer.yaml --out checkpoints/walkthrough/bon",
     "pmopt probe configs/walkthrough/probe_answer.yaml --out checkpoints/walkthrough/probes",
@@ -34,15 +34,9 @@ COMMANDS = [  # verbatim from the README section
 ]
 
 
-def readme_section() -> str:
-    text = (REPO / "README.md").read_text(encoding="utf-8")
-    start = text.index("## Real models: a walkthrough")
-    end = text.find("\n## ", start + 1)
-    return text[start:end if end > 0 else None]
-
-
-def test_readme_lists_exactly_these_commands():
-    listed = [line.strip() for line in readme_section().splitlines() if line.strip().startswith("pmopt ")]
+def test_page_lists_exactly_these_commands():
+    page = (REPO / "docs" / "walkthrough.md").read_text(encoding="utf-8")
+    listed = [line.strip() for line in page.splitlines() if line.strip().startswith("pmopt ")]
     assert listed == COMMANDS
 
 
@@ -74,7 +68,7 @@ def pms_override(config: Path, swap: dict[str, str]) -> str:
 
 
 def test_walkthrough_runs_every_stage_on_cpu(local_models, tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(REPO)  # the configs' paths are relative to the checkout, as in the README
+    monkeypatch.chdir(REPO)  # the configs' paths are relative to the checkout, as on the page
     run = tmp_path / "walkthrough run"  # a space in the path, too
     hh, answer = str(require_shared(HH)), str(require_shared(ANSWER))
     models = {hub_id: str(path) for hub_id, path in local_models.items()}

@@ -38,7 +38,7 @@ from pmopt.world.raters import make_pairs, rater_agreement
 from pmopt.world.stats import measure_policy
 from pmopt.world.texts import all_facts, vocabulary_texts
 
-# What the default world must show (README "The synthetic world"): the base policy knows the facts, yet is sycophantic.
+# What the default world must show (docs/world.md): the base policy knows the facts, yet is sycophantic.
 NEUTRAL_ACCURACY_MIN = 0.8
 SYCOPHANCY_RANGE = (0.15, 0.6)
 
@@ -129,7 +129,7 @@ def pair_feature_weights(pairs: list[dict]) -> dict[str, dict]:
 
 
 def check_targets(stats: dict) -> list[str]:
-    """The default world's targets (README "The synthetic world"); returns the ones missed."""
+    """The default world's targets (docs/world.md); returns the ones missed."""
     missed = []
     if stats["neutral_accuracy"] < NEUTRAL_ACCURACY_MIN:
         missed.append(f"neutral accuracy {stats['neutral_accuracy']:.3f} < {NEUTRAL_ACCURACY_MIN}")
