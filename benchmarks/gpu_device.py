@@ -54,12 +54,13 @@ PACKAGES = ["torch", "transformers", "accelerate", "peft", "trl", "datasets", "d
             "fsspec", "pandas", "numpy", "tokenizers", "safetensors", "huggingface-hub", "pyyaml", "tqdm",
             "matplotlib", "jinja2", "psutil", "setuptools", "pmopt"]
 CARRIED = ["trl", "datasets", "dill", "multiprocess", "pmopt"]  # whose requirements the image must meet
+BUDGET = "{budget_s}"  # in a step's argv: the seconds it is given, less 10 to write its JSON and stop cleanly
 
 
 def steps(sizes: str, cpu: bool, data: Path, work: Path) -> list[tuple[str, list[str]]]:
     py, bench = sys.executable, REPO / "benchmarks"
     device = ["--device", "cpu", "--dtype", "float32", "--threads", "1"] if cpu else []
-    walk = ["--size", sizes, "--device", "cpu" if cpu else "cuda", "--data", str(data),
+    walk = ["--size", sizes, "--device", "cpu" if cpu else "cuda", "--data", str(data), "--budget-s", BUDGET,
             "--work", str(work / "walkthrough"), "--out", str(work / "walkthrough.json")]
     gpu = [(f"gpu-{size}", [py, str(bench / "gpu.py"), *GPU_ARGS[size], *device, "--out", str(work / f"gpu-{size}.json")])
            for size in (["tiny"] if sizes == "tiny" else ["0.5b", "1.5b"])]
@@ -158,6 +159,7 @@ def run_steps(plan: list[tuple[str, list[str]]], deadline: float, logs: Path) ->
         timeout = min(CAPS[name], left)
         print(f"[{time.strftime('%H:%M:%S')}] {name}: up to {timeout:.0f} s", flush=True)
         begin = time.perf_counter()
+        argv = [arg.replace(BUDGET, f"{timeout - 10:.0f}") for arg in argv]
         rc = run_logged(argv, logs / f"{name}.log", timeout)
         done[name] = {"rc": rc, "s": time.perf_counter() - begin, "timeout_s": timeout, "argv": argv[1:]}
         print(f"[{time.strftime('%H:%M:%S')}] {name}: rc={rc} in {done[name]['s']:.1f} s", flush=True)

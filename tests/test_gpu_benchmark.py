@@ -368,3 +368,32 @@ def test_device_script_dry_run_on_cpu(tmp_path):
     assert walk["ok"] is True and list(walk["stages"]) == ["train-pm", "bon", "probe", "report"]
     assert set(walk["checks"].values()) == {True}
     assert "walkthrough (tiny, cpu)" in done.stdout and "| tiny | decode B=1" in done.stdout
+
+
+def test_steps_stop_at_the_budget_with_their_whole_process_group(device_driver, tmp_path, monkeypatch):
+    """A step past its time is killed with the processes it started; a step with under 5 s left is skipped;
+    a step is told its seconds (less 10 to write its JSON). ~5 s."""
+    import time
+
+    gpu_device = device_driver[0]
+    monkeypatch.setattr(gpu_device, "CAPS", {"told": 30, "slow": 4, "after": 60})
+    pid_file, told = tmp_path / "grandchild.pid", tmp_path / "told"
+    grandchild = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    slow = (f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {grandchild!r}]); "
+            "time.sleep(60)")
+    plan = [("told", [sys.executable, "-c", "import sys; open(sys.argv[1], 'w').write(sys.argv[2])", str(told),
+                      gpu_device.BUDGET]),
+            ("slow", [sys.executable, "-c", slow])]
+    done = gpu_device.run_steps(plan, time.monotonic() + 60, tmp_path)
+    assert done["told"]["rc"] == 0 and int(told.read_text()) == round(done["told"]["timeout_s"] - 10) == 20
+    assert done["slow"]["rc"] == "timeout" and 4 <= done["slow"]["s"] < 10
+    grandchild_pid = int(pid_file.read_text())
+    for _ in range(40):  # the kill is immediate; being reaped by init may take a moment
+        status = Path(f"/proc/{grandchild_pid}/status")
+        if not status.exists() or "State:\tZ" in status.read_text():
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail(f"the slow step's child {grandchild_pid} outlived it")
+    later = gpu_device.run_steps([("after", [sys.executable, "-c", "pass"])], time.monotonic() + 4, tmp_path)
+    assert later["after"]["rc"] == "skipped: time budget spent"
