@@ -397,3 +397,23 @@ def test_steps_stop_at_the_budget_with_their_whole_process_group(device_driver, 
         pytest.fail(f"the slow step's child {grandchild_pid} outlived it")
     later = gpu_device.run_steps([("after", [sys.executable, "-c", "pass"])], time.monotonic() + 4, tmp_path)
     assert later["after"]["rc"] == "skipped: time budget spent"
+
+
+def test_walkthrough_models_have_the_published_sizes(device_driver):
+    """The real-size stand-ins, counted on `meta`: Qwen2.5-1.5B-Instruct 1,543,714,304 and Qwen2.5-0.5B-Instruct
+    494,032,768 parameters; deberta-v3-large 131M embedding + 304M backbone (its model card), + the RM head."""
+    from builders import deberta_v2_config, qwen2_config
+    from transformers import DebertaV2ForSequenceClassification, Qwen2ForCausalLM
+
+    walk = device_driver[1]
+    shapes, tokenizer = walk.SHAPES["real"], _FakeTokenizer(32000)
+    for name, total in {walk.POLICY: 1_543_714_304, walk.PM_BASE: 494_032_768}.items():
+        with torch.device("meta"):
+            model = Qwen2ForCausalLM(qwen2_config(tokenizer, shapes[name]))
+        assert sum(p.numel() for p in model.parameters()) == total, name
+    with torch.device("meta"):
+        rm = DebertaV2ForSequenceClassification(deberta_v2_config(tokenizer, shapes[walk.PUBLISHED]))
+    embedding = rm.deberta.embeddings.word_embeddings.weight.numel()
+    assert embedding == 128100 * 1024
+    head = sum(p.numel() for p in rm.classifier.parameters())  # the RM's 1-label score head
+    assert round((sum(p.numel() for p in rm.parameters()) - embedding - head) / 1e6) == 304  # encoder + pooler
