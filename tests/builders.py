@@ -77,23 +77,40 @@ def wordpiece_tokenizer(lines, vocab_size: int = 400):
                                    sep_token="[SEP]", mask_token="[MASK]")
 
 
-def save_qwen2_causal_lm(directory, tokenizer, seed: int = 0, hidden_size: int = 32, num_layers: int = 2):
+def qwen2_config(tokenizer, shape: dict):
+    """A Qwen2 config for `tokenizer`: 4 heads, 2 KV heads, MLP twice the width unless `shape` says otherwise."""
+    from transformers import Qwen2Config
+
+    hidden = shape.get("hidden_size", 32)
+    sizes = dict(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, intermediate_size=2 * hidden, max_position_embeddings=2048)
+    config = Qwen2Config(**{**sizes, **shape}, tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id,
+                         eos_token_id=tokenizer.eos_token_id, bos_token_id=None)
+    if config.vocab_size < len(tokenizer):
+        raise ValueError(f"vocab_size {config.vocab_size} < the tokenizer's {len(tokenizer)} ids")
+    return config
+
+
+def save_qwen2_causal_lm(directory, tokenizer, seed: int = 0, hidden_size: int = 32, num_layers: int = 2,
+                         shape: dict | None = None, dtype=None, device=None):
     """A randomly initialised Qwen2ForCausalLM sized for `tokenizer`, saved with it as a hub model ships: its
-    generation_config stops on every EOS id (ChatML's <|im_end|> and <|endoftext|>, as Qwen2-Instruct lists)."""
+    generation_config stops on every EOS id (ChatML's <|im_end|> and <|endoftext|>, as Qwen2-Instruct lists).
+
+    `shape` overrides the config's sizes (a published model's hidden_size, vocab_size, ...: an embedding
+    larger than the tokenizer, as Qwen2's 151,936 rows for 151,665 tokens); `device` is where the weights
+    are initialised (a GPU makes a 1.5B init take seconds) and `dtype` the saved weights' type."""
     import torch
-    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+    from transformers import GenerationConfig, Qwen2ForCausalLM
 
     stops = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
-    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=num_layers,
-                         num_attention_heads=4, num_key_value_heads=2, intermediate_size=2 * hidden_size,
-                         max_position_embeddings=2048, tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id,
-                         eos_token_id=tokenizer.eos_token_id, bos_token_id=None)
+    config = qwen2_config(tokenizer, {"hidden_size": hidden_size, "num_hidden_layers": num_layers, **(shape or {})})
     torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(config).eval()
+    with torch.device(device or "cpu"):
+        model = Qwen2ForCausalLM(config).eval()
     model.generation_config = GenerationConfig(eos_token_id=stops, pad_token_id=tokenizer.pad_token_id,
                                                do_sample=True, temperature=0.7, top_p=0.8)
     directory = Path(directory)
-    model.save_pretrained(directory)
+    (model.to(dtype) if dtype else model).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
 
@@ -111,5 +128,34 @@ def save_bert_seq_cls(directory, tokenizer, seed: int = 0, hidden_size: int = 32
         pad_token_id=tokenizer.pad_token_id))
     directory = Path(directory)
     model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def deberta_v2_config(tokenizer, shape: dict):
+    """A 1-label DeBERTa-v3 config (relative attention: shared keys, p2c + c2p, 256 log buckets)."""
+    from transformers import DebertaV2Config
+
+    sizes = dict(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                 intermediate_size=64, max_position_embeddings=512)
+    return DebertaV2Config(**{**sizes, **shape}, num_labels=1, pad_token_id=tokenizer.pad_token_id,
+                           relative_attention=True, position_buckets=256, norm_rel_ebd="layer_norm", share_att_key=True,
+                           pos_att_type=["p2c", "c2p"], position_biased_input=False, type_vocab_size=0,
+                           max_relative_positions=-1, layer_norm_eps=1e-7)
+
+
+def save_deberta_v2_seq_cls(directory, tokenizer, seed: int = 0, shape: dict | None = None, dtype=None, device=None):
+    """A randomly initialised 1-label DebertaV2ForSequenceClassification (the architecture of DeBERTa-v3 reward
+    models such as OpenAssistant's) saved as published reward models ship. `shape` overrides the sizes (e.g.
+    deberta-v3-large's); the attention is DeBERTa-v3's relative one (shared keys, p2c + c2p, log buckets)."""
+    import torch
+    from transformers import DebertaV2ForSequenceClassification
+
+    config = deberta_v2_config(tokenizer, shape or {})
+    torch.manual_seed(seed)
+    with torch.device(device or "cpu"):
+        model = DebertaV2ForSequenceClassification(config).eval()
+    directory = Path(directory)
+    (model.to(dtype) if dtype else model).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
