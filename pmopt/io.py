@@ -272,7 +272,6 @@ def prepare_out_dir(out: str | os.PathLike | None, command: str) -> Path:
     except BaseException:
         lock.remove_created_dirs()
         raise
-    _HELD_LOCKS.append(lock)
     return path
 
 
@@ -305,7 +304,7 @@ def _distributed_rank() -> int:
 
 
 LOCK_FILE = ".pmopt.lock"
-_HELD_LOCKS: list[OutDirLock] = []
+_HELD_LOCKS: list[OutDirLock] = []  # every OutDirLock this process holds, oldest first (release_out_dirs)
 
 
 @contextmanager
@@ -365,6 +364,8 @@ class OutDirLock:
         if self._fd is None:
             return
         fd, self._fd = self._fd, None
+        if self in _HELD_LOCKS:
+            _HELD_LOCKS.remove(self)
         try:
             self.path.unlink(missing_ok=True)  # while still locked: nobody can take the old inode for ours
         finally:
@@ -413,6 +414,7 @@ class OutDirLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
         self._fd = fd
+        _HELD_LOCKS.append(self)
 
 
 def _read_holder(fd: int) -> dict | None:
@@ -489,7 +491,8 @@ def set_worker_of(parent_pid: int | None) -> None:
 
 
 def release_out_dirs() -> None:
-    """Release every output-directory lock this process took (newest first)."""
+    """Release every output-directory lock this process holds (newest first): those `prepare_out_dir` took and
+    those held with `with OutDirLock(...)`, so a worker that must exit at once (pmopt.workers) leaves none."""
     while _HELD_LOCKS:
         _HELD_LOCKS.pop().release()
 

@@ -185,3 +185,19 @@ def test_a_lock_held_by_a_live_worker_names_its_command_and_how_to_stop_it(paren
     else:  # stopping the parent stops its workers
         assert f"a worker of pid {parent_pid}); stop it with `kill {parent_pid}` (its parent" in message
     assert message.endswith("or wait for it to finish, or use another --out")
+
+
+def test_release_out_dirs_releases_locks_held_with_a_with_block_too(tmp_path):
+    """What a worker releases before it exits: every lock it holds, however it took it."""
+    from pmopt.io import _HELD_LOCKS, prepare_out_dir, release_out_dirs
+
+    cell, stage = tmp_path / "seed-0", tmp_path / "seed-0" / "probes"
+    cell.mkdir()
+    with OutDirLock(cell):
+        prepare_out_dir(stage, "probe")
+        assert (cell / LOCK_FILE).exists() and (stage / LOCK_FILE).exists()
+        release_out_dirs()
+        assert not (cell / LOCK_FILE).exists() and not (stage / LOCK_FILE).exists() and not _HELD_LOCKS
+    with OutDirLock(cell) as lock:  # leaving the block releases it and forgets it
+        assert list(_HELD_LOCKS) == [lock]
+    assert not _HELD_LOCKS
