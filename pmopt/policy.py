@@ -1,7 +1,9 @@
-"""Loading a policy (an HF causal LM + tokenizer) from a local directory or a hub id."""
+"""Loading a policy (an HF causal LM + tokenizer) from a local directory or a hub id, in a checked dtype, on a
+checked device."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -35,7 +37,7 @@ DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
 def check_device(device: str | None, counts: dict[str, int] | None = None) -> None:
     """A PmoptError unless torch can place a model on `device` on this machine: a device string of a known
     type, whose accelerator is present, and whose index (`cuda:N`) is below that accelerator's device count.
-    `counts` (type -> devices) stands for this machine's accelerators where given (tests); None = no choice."""
+    `counts` ({type: number of devices}) replaces what torch reports for this machine (tests); None asks torch."""
     if device is None:
         return
     import torch
@@ -60,8 +62,6 @@ def check_device(device: str | None, counts: dict[str, int] | None = None) -> No
 
 def _why_none(kind: str, counts: dict[str, int] | None) -> str:
     """Why torch sees no device of `kind`: a torch built without it, or CUDA_VISIBLE_DEVICES hiding them."""
-    import os
-
     import torch
 
     if counts is not None or kind != "cuda":
