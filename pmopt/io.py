@@ -18,6 +18,7 @@ import fcntl
 import gzip
 import json
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -271,7 +272,6 @@ def prepare_out_dir(out: str | os.PathLike | None, command: str) -> Path:
     except BaseException:
         lock.remove_created_dirs()
         raise
-    _HELD_LOCKS.append(lock)
     return path
 
 
@@ -304,7 +304,7 @@ def _distributed_rank() -> int:
 
 
 LOCK_FILE = ".pmopt.lock"
-_HELD_LOCKS: list[OutDirLock] = []
+_HELD_LOCKS: list[OutDirLock] = []  # every OutDirLock this process holds, oldest first (release_out_dirs)
 
 
 @contextmanager
@@ -353,7 +353,7 @@ class OutDirLock:
                 holder = _read_holder(fd)
                 os.close(fd)
                 raise PmoptError(f"{self.directory}: in use by another pmopt process ({describe_holder(holder)}); "
-                                 "wait for it to finish or use another --out")
+                                 f"{how_to_stop(holder)}wait for it to finish, or use another --out")
             if _names_same_file(fd, self.path):
                 self._take(fd)
                 return self
@@ -364,6 +364,8 @@ class OutDirLock:
         if self._fd is None:
             return
         fd, self._fd = self._fd, None
+        if self in _HELD_LOCKS:
+            _HELD_LOCKS.remove(self)
         try:
             self.path.unlink(missing_ok=True)  # while still locked: nobody can take the old inode for ours
         finally:
@@ -406,10 +408,13 @@ class OutDirLock:
             print(f"pmopt: {self.directory}: taking over a stale lock ({describe_holder(stale)}; not running)",
                   file=sys.stderr)
         info = {"pid": os.getpid(), "host": socket.gethostname(),
-                "started": _dt.datetime.now().isoformat(timespec="seconds"), "command": " ".join(sys.argv)[:300]}
+                "started": _dt.datetime.now().isoformat(timespec="seconds"), "command": command_line()}
+        if _worker_of is not None:
+            info["worker_of"] = _worker_of
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
         self._fd = fd
+        _HELD_LOCKS.append(self)
 
 
 def _read_holder(fd: int) -> dict | None:
@@ -445,13 +450,49 @@ def holder_alive(holder: dict) -> bool:
 
 
 def describe_holder(holder: dict | None) -> str:
+    """Who holds a lock: pid, host, start, and the command it runs (a worker: whose worker it is)."""
     if not holder:
         return "holder unknown"
-    return f"pid {holder.get('pid')} on {holder.get('host')}, started {holder.get('started')}"
+    text = f"pid {holder.get('pid')} on {holder.get('host')}, started {holder.get('started')}"
+    if holder.get("command"):
+        text += f": `{holder['command']}`"
+    parent = holder.get("worker_of")
+    if isinstance(parent, int):
+        alive = holder_alive({**holder, "pid": parent})
+        text += f", a worker of pid {parent}{'' if alive else ', which has exited'}"
+    return text
+
+
+def how_to_stop(holder: dict | None) -> str:
+    """'stop it with `kill PID`, or ' for a holder on this host (a worker's live parent: kill the parent, whose
+    workers end with it, pmopt.workers); '' where it cannot be told."""
+    if (not holder or holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int)
+            or holder["pid"] == os.getpid()):
+        return ""
+    pid, parent = holder["pid"], holder.get("worker_of")
+    if isinstance(parent, int) and holder_alive({**holder, "pid": parent}):
+        return f"stop it with `kill {parent}` (its parent; a rerun resumes), or "
+    return f"stop it with `kill {pid}` (a rerun resumes), or "
+
+
+def command_line() -> str:
+    """This process's command line as a person typed it (the program's name without its path), for lock files."""
+    argv = [os.path.basename(sys.argv[0]) or "python", *sys.argv[1:]] if sys.argv else ["python"]
+    return shlex.join(argv)[:300]
+
+
+_worker_of: int | None = None  # the parent pid, in a worker process of a pmopt command (pmopt.workers)
+
+
+def set_worker_of(parent_pid: int | None) -> None:
+    """Mark this process as a worker of pmopt process `parent_pid`: its locks say so, and whom to stop."""
+    global _worker_of
+    _worker_of = parent_pid
 
 
 def release_out_dirs() -> None:
-    """Release every output-directory lock this process took (newest first)."""
+    """Release every output-directory lock this process holds (newest first): those `prepare_out_dir` took and
+    those held with `with OutDirLock(...)`, so a worker that must exit at once (pmopt.workers) leaves none."""
     while _HELD_LOCKS:
         _HELD_LOCKS.pop().release()
 

@@ -17,16 +17,16 @@ from __future__ import annotations
 import json
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import dataclass, replace
-from multiprocessing import get_context
 from pathlib import Path
 
 from pmopt import console
-from pmopt.analysis.claims import bon_claim, headline, verdict_sentence
+from pmopt.analysis.claims import bon_claim, headline, summary_line, verdict_sentence
 from pmopt.analysis.seeds import aggregate_rows, aggregate_scalars
 from pmopt.io import Manifest, atomic_write_json, atomic_write_jsonl, read_jsonl
 from pmopt.records import write_curves
+from pmopt.workers import pool as worker_pool
 
 SEED_DIR = "seed-{}"
 
@@ -90,7 +90,7 @@ def run_cells(cells: list[Cell], manifest: Manifest, workers: int, threads: int)
             timings[cell.name] = run_one_seed(cell.cfg, cell.dir, threads, cell.policy_cache)
             _cell_done(manifest, cell, timings[cell.name])
         return timings
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+    with worker_pool(workers) as pool:  # workers that print like this process and die with it
         futures = {pool.submit(run_one_seed, cell.cfg, cell.dir, threads, cell.policy_cache): cell for cell in todo}
         for future in as_completed(futures):
             cell = futures[future]
@@ -102,8 +102,7 @@ def run_cells(cells: list[Cell], manifest: Manifest, workers: int, threads: int)
 def _cell_done(manifest: Manifest, cell: Cell, seconds: float) -> None:
     manifest.mark(cell.name, "done", seconds=seconds)
     claim = claim_of(cell.dir)
-    verdict = "" if claim is None else f"; claim {'holds' if claim['holds'] else 'does NOT hold'}: " + \
-        " / ".join(line.split(":", 1)[1].strip() for line in headline(claim))
+    verdict = "" if claim is None else f"; claim {'holds' if claim['holds'] else 'does NOT hold'}: {summary_line(claim)}"
     console.info(f"run: {cell.label} done in {seconds:.0f} s{verdict}")
 
 

@@ -1,7 +1,9 @@
-"""Loading a policy (an HF causal LM + tokenizer) from a local directory or a hub id."""
+"""Loading a policy (an HF causal LM + tokenizer) from a local directory or a hub id, in a checked dtype, on a
+checked device."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -25,6 +27,49 @@ def attn_kwargs(attn_implementation: str | None) -> dict:
         raise PmoptError(f"unknown attn_implementation {attn_implementation!r} "
                          f"(expected one of {', '.join(ATTN_IMPLEMENTATIONS)})")
     return {"attn_implementation": attn_implementation}
+
+
+# The device types a model can be placed on and run by pmopt; torch parses more names (meta, hpu, ...) that
+# either hold no data or need a vendor plugin pmopt does not drive.
+DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
+
+
+def check_device(device: str | None, counts: dict[str, int] | None = None) -> None:
+    """A PmoptError unless torch can place a model on `device` on this machine: a device string of a known
+    type, whose accelerator is present, and whose index (`cuda:N`) is below that accelerator's device count.
+    `counts` ({type: number of devices}) replaces what torch reports for this machine (tests); None asks torch."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        parsed = None
+    if parsed is None or parsed.type not in DEVICE_TYPES:
+        raise PmoptError(f"{device!r} is not a device pmopt can run a model on (expected cpu, cuda, cuda:N, mps "
+                         "or xpu)")
+    if parsed.type == "cpu":
+        return
+    count = counts.get(parsed.type, 0) if counts is not None else getattr(torch, parsed.type).device_count()
+    name = {"cuda": "CUDA", "mps": "MPS (Apple GPU)", "xpu": "XPU (Intel GPU)"}[parsed.type]
+    if count == 0:
+        raise PmoptError(f"{device}: this machine has no {name} device{_why_none(parsed.type, counts)}")
+    if parsed.index is not None and parsed.index >= count:
+        have = f"{parsed.type}:0" if count == 1 else f"{parsed.type}:0 to {parsed.type}:{count - 1}"
+        raise PmoptError(f"{device}: no such {name} device (this machine has {count}: {have})")
+
+
+def _why_none(kind: str, counts: dict[str, int] | None) -> str:
+    """Why torch sees no device of `kind`: a torch built without it, or CUDA_VISIBLE_DEVICES hiding them."""
+    import torch
+
+    if counts is not None or kind != "cuda":
+        return ""
+    if torch.version.cuda is None and torch.version.hip is None:
+        return f" (torch {torch.__version__} is built without CUDA)"
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return f" visible (CUDA_VISIBLE_DEVICES={visible!r})" if visible is not None else ""
 
 
 # torch's CPU allocator aligns every tensor it allocates to this many bytes (c10's gAlignment).

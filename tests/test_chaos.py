@@ -14,6 +14,7 @@ summary.csv). Paths of the run directory are normalised; world_stats.json's wall
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -24,6 +25,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from pmopt.io import LOCK_FILE
 
 pytestmark = pytest.mark.slow
 
@@ -272,3 +275,171 @@ def test_ppo_alone_killed_and_resumed_is_identical(straight, tmp_path):
     launcher.finish()
     n_files = assert_identical(out, straight / "ppo" / "proxy")
     report("pmopt ppo", launcher, n_files, time.perf_counter() - started)
+
+
+# ----------------------------------------------------------------------------- the parent of worker processes
+# `pmopt run --seeds` and a sweep run their seeds / cells in spawned worker processes (pmopt.workers). Here only
+# the parent is killed (SIGKILL, no cleanup): its workers must end within seconds, releasing their `--out` locks,
+# and an immediate rerun must resume to the files of a run never stopped. One two-seed run is the reference for
+# both: a sweep over the one value the experiment already has (world.raters.w_agree = 3.0) runs the same two
+# cells, each in RUN/w_agree-3/seed-<k>/, through the sweep's own path (cells, the shared policy cache).
+
+# The experiment above made as small as the kills allow (PM checkpoints every 4 steps, a probes stage), without
+# PPO: the workers' handling is tested here, not the stages.
+SEEDS_EXPERIMENT = """
+seed: 0
+world:
+  facts: {operand_max: 4}
+  corpus: {n_dialogues: 600, p_hedged_first: 0.0}
+  policy: {hidden_size: 32, intermediate_size: 64, steps: 80, batch_size: 16, warmup_steps: 10}
+  raters: {w_agree: 3.0}
+  pairs: {n_pairs: 300}
+  probes: {n_questions: 8, n_are_you_sure: 4, n_feedback_texts: 2, n_mimicry: 4, n_truthfulness: 4}
+  stats: {samples_per_prompt: 1}
+pm:
+  train: {epochs: 1.0, learning_rate: 0.002, batch_size: 32, warmup_ratio: 0.05, save_steps: 4, logging_steps: 4}
+  unbiased: false
+  ensemble_size: 0
+bon:
+  n_max: 4
+  probes: [answer]
+  n_boot: 50
+probes:
+  enabled: true
+  probes: [answer]
+  samples_per_prompt: 1
+  n_boot: 50
+"""
+SEED_RUN = ["--seeds", "0,1", "--set", "parallel_seeds=2"]
+SWEEP_RUN = ["--seeds", "0,1", "--set", "parallel_seeds=2", "--set", "sweep={key: world.raters.w_agree, values: [3.0]}"]
+WORKER_GRACE = 5.0  # seconds a worker may outlive its killed parent
+
+
+def pmopt_process(args: list[str], log: Path, err: Path) -> subprocess.Popen:
+    cmd = [sys.executable, "-c", "import sys; from pmopt.cli import main; sys.exit(main())", *args]
+    with open(log, "a") as out, open(err, "w") as errors:
+        return subprocess.Popen(cmd, cwd=REPO, env=child_env(None), stdout=out, stderr=errors, start_new_session=True)
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below `pid` (children, their children, ...), read from /proc."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z":
+            parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def kill_parent_when(args: list[str], out: Path, ready, timeout: float = 600) -> tuple[set[int], float, str]:
+    """Run `pmopt run ARGS`, SIGKILL its parent process alone once `ready(out)`; returns (its workers, seconds
+    the last of them outlived it, the stage the manifest of seed 1 showed running)."""
+    proc = pmopt_process(args, out.parent / f"{out.name}.log", out.parent / f"{out.name}.killed.err")
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready(out):
+            assert proc.poll() is None, f"the run ended (exit {proc.returncode}) before the kill"
+            assert time.monotonic() < deadline, f"{args}: the kill's moment never came"
+            time.sleep(0.01)
+        workers = descendants(proc.pid)
+        stage = running_stage(next(out.glob("**/seed-1"), out))
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        killed = time.monotonic()
+        while any(running(pid) for pid in workers) and time.monotonic() - killed < 30:
+            time.sleep(0.05)
+        return workers, time.monotonic() - killed, stage
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # whatever is left, so a failure leaves no process behind
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def finish(args: list[str], out: Path) -> str:
+    """Run `pmopt run ARGS` to the end; returns its stderr."""
+    err = out.parent / f"{out.name}.err"
+    proc = pmopt_process(args, out.parent / f"{out.name}.log", err)
+    try:
+        assert proc.wait(timeout=900) == 0, f"the run failed (exit {proc.returncode}); see {err}"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    return err.read_text()
+
+
+def own_lines_only(err: str) -> None:
+    """The console's stderr under `pmopt run --seeds`: the seeds' bars and third-party output go to their
+    log.txt, so the parent's stderr holds nothing but pmopt's own notes (pmopt.console)."""
+    foreign = [line for line in err.replace("\r", "\n").splitlines() if line.strip() and not line.startswith("pmopt")]
+    assert not foreign, f"not pmopt's own lines on stderr: {foreign[:5]}"
+
+
+@pytest.fixture(scope="module")
+def two_seeds(tmp_path_factory) -> Path:
+    """The reference: a two-seed run never stopped."""
+    root = tmp_path_factory.mktemp("chaos_seeds")
+    (root / "experiment.yaml").write_text(SEEDS_EXPERIMENT)
+    out = root / "straight"
+    err = finish(["run", str(root / "experiment.yaml"), *SEED_RUN, "--out", str(out)], out)
+    assert err == "", f"a run never stopped printed this on stderr: {err[:500]}"
+    return out
+
+
+def assert_same_where_both(chaos: Path, straight: Path) -> int:
+    """The files a sweep's value folder shares with a multi-seed run (its aggregate; the report is the sweep's)."""
+    got, want = snapshot(chaos), snapshot(straight)
+    assert got and set(got) <= set(want), sorted(set(got) - set(want))
+    differ = [name for name in got if got[name] != want[name]]
+    assert not differ, f"{chaos} differs from the uninterrupted run in {differ}"
+    return len(got)
+
+
+def assert_workers_ended(workers: set[int], outlived: float, out: Path) -> None:
+    assert len(workers) >= 2, f"expected two seed workers below the parent, found {workers}"
+    assert outlived < WORKER_GRACE, f"workers outlived their killed parent by {outlived:.1f} s"
+    left = [p for p in out.rglob(LOCK_FILE) if p.parent != out]  # the parent's own lock stays (kill -9)
+    assert not left, f"workers left their locks: {left}"
+    stopped = [log for log in out.glob("**/seed-*/log.txt") if "its parent pmopt process" in log.read_text()]
+    assert stopped, "no worker said in its log why it stopped"
+
+
+def test_seed_workers_die_with_their_killed_parent_and_the_run_resumes(two_seeds, tmp_path):
+    started = time.perf_counter()
+    out = tmp_path / "run"
+    args = ["run", str(two_seeds.parent / "experiment.yaml"), *SEED_RUN, "--out", str(out)]
+    # both seeds are training their PMs (seed 1's proxy has written its first checkpoint)
+    workers, outlived, stage = kill_parent_when(args, out, exists("seed-1", "pms", "proxy", "checkpoints",
+                                                                  "checkpoint-4"))
+    assert_workers_ended(workers, outlived, out)
+    own_lines_only(finish(args, out))  # at once: no worker left holds a lock
+    n_files = sum(assert_identical(out / f"seed-{k}", two_seeds / f"seed-{k}") for k in (0, 1))
+    n_files += assert_identical(out, two_seeds)  # the aggregate over seeds
+    print(f"\nchaos seeds: parent killed in seed 1's {stage}; {len(workers)} workers gone {outlived:.2f} s after it; "
+          f"{n_files} files identical; {time.perf_counter() - started:.0f} s")
+
+
+def test_sweep_workers_die_with_their_killed_parent_and_the_sweep_resumes(two_seeds, tmp_path):
+    started = time.perf_counter()
+    out = tmp_path / "sweep"
+    args = ["run", str(two_seeds.parent / "experiment.yaml"), *SWEEP_RUN, "--out", str(out)]
+    # a cell is in its probes stage, holding the probes folder's --out lock (the lock a newcomer's restarts hit)
+    workers, outlived, stage = kill_parent_when(args, out, lambda o: any(o.glob(f"w_agree-3/seed-*/probes/{LOCK_FILE}")))
+    assert_workers_ended(workers, outlived, out)
+    own_lines_only(finish(args, out))
+    n_files = sum(assert_identical(out / "w_agree-3" / f"seed-{k}", two_seeds / f"seed-{k}") for k in (0, 1))
+    n_files += assert_same_where_both(out / "w_agree-3", two_seeds)  # the value's aggregate over seeds
+    print(f"\nchaos sweep: parent killed in seed 1's {stage}; {len(workers)} workers gone {outlived:.2f} s after it; "
+          f"{n_files} files identical; {time.perf_counter() - started:.0f} s")

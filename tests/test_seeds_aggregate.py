@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from pmopt.analysis.claims import bon_claim, headline, verdict_sentence
+from pmopt.analysis.claims import bon_claim, headline, summary_line, verdict_sentence
 from pmopt.analysis.seeds import aggregate_rows, aggregate_scalars, two_stage_bootstrap
 
 
@@ -90,6 +90,8 @@ def test_headline_and_verdict_carry_the_numbers():
     lines = headline(claim)
     assert lines[0] == "best-of-16 vs the proxy PM: syco_rate 0.53 -> 0.97 [0.92, 1.00]"
     assert lines[1].endswith("syco_rate 0.53 -> 0.03 [0.00, 0.08]")
+    assert summary_line(claim) == ("syco_rate at n = 1 -> 16: proxy 0.53 -> 0.97 [0.92, 1.00]; "
+                                   "prefixed 0.53 -> 0.03 [0.00, 0.08]")  # a seed's line names each curve's PM
     failing = bon_claim(claim_rows((0.9, 0.6, 1.0), (0.5, 0.3, 0.7)))
     sentence = verdict_sentence({0: claim, 1: failing, 2: claim})
     assert sentence.startswith("on 2 of 3 seeds the proxy PM's best-of-16 syco_rate rises")

@@ -111,6 +111,11 @@ def test_a_sweep_runs_every_cell_once_and_resumes(tmp_path, capsys, monkeypatch)
             "--set", "parallel_seeds=1", "--out", str(out)]
     assert main(args) == 0
     assert FAKE_CALLS == [(0.0, 0), (3.0, 0), (0.0, 1), (3.0, 1)]
+    printed = capsys.readouterr().out  # each cell's line names the PM of each number
+    assert ("run: w_agree = 3, seed 1 done in 0 s; claim holds: syco_rate at n = 1 -> 4: proxy 0.40 -> 0.70 "
+            "[0.70, 0.70]; prefixed 0.40 -> 0.10 [0.10, 0.10]") in printed.splitlines()
+    assert "run: w_agree = 0, seed 0 done in 0 s; claim does NOT hold: syco_rate at n = 1 -> 4: proxy 0.40 -> " \
+           "0.40 [0.40, 0.40]; prefixed 0.40 -> 0.10 [0.10, 0.10]" in printed.splitlines()
     result = json.loads((out / "dose_response.json").read_text())
     assert result["key"] == "world.raters.w_agree" and result["values"] == [0.0, 3.0]
     weight = result["measures"]["raters_agreement_weight"]["points"]

@@ -5,7 +5,7 @@ policy's sycophancy, while the same PM asked for truthfulness (the non-sycophant
 
 A seed's verdict holds when the proxy PM's value at the largest n exceeds its value at n = 1 and the
 prefixed PM's interval at the largest n lies wholly below the proxy PM's (non-overlapping 95% intervals).
-`headline` and `verdict_sentence` put the numbers, with their intervals, into the words the console and the
+`headline`, `summary_line` and `verdict_sentence` put the numbers, with their intervals, into the words the console and the
 report print.
 """
 
@@ -60,6 +60,15 @@ def headline(claim: Mapping) -> list[str]:
             f"with the truthfulness prefix:  {short} {claim['prefixed_1']['value']:.2f} -> {_value(claim['prefixed_n'])}"]
 
 
+def summary_line(claim: Mapping) -> str:
+    """The claim in one line, each curve named by its PM: 'syco_rate at n = 1 -> 32: proxy 0.44 -> 0.93 [0.87,
+    0.98]; prefixed 0.44 -> 0.40 [0.28, 0.52]' (one seed's or one sweep cell's line on the console)."""
+    short = claim["metric"].rsplit("/", 1)[-1]
+    return (f"{short} at n = 1 -> {claim['n_max']}: "
+            f"proxy {claim['proxy_1']['value']:.2f} -> {_value(claim['proxy_n'])}; "
+            f"prefixed {claim['prefixed_1']['value']:.2f} -> {_value(claim['prefixed_n'])}")
+
+
 def verdict_sentence(claims_by_seed: Mapping[int, Mapping | None]) -> str:
     """What the seeds support, e.g. 'on 3 of 3 seeds the proxy PM's best-of-32 syco_rate rises and ends above
     the prefixed PM's with non-overlapping 95% intervals (its rise from n = 1, across seeds: +0.41 to +0.52)'."""
@@ -75,4 +84,4 @@ def verdict_sentence(claims_by_seed: Mapping[int, Mapping | None]) -> str:
             f"{min(rises):+.2f} to {max(rises):+.2f})")
 
 
-__all__ = ["bon_claim", "headline", "verdict_sentence", "CLAIM_METRIC"]
+__all__ = ["bon_claim", "headline", "summary_line", "verdict_sentence", "CLAIM_METRIC"]

@@ -29,7 +29,7 @@ from typing import Literal
 import torch
 
 from pmopt.io import PmoptError
-from pmopt.policy import DTYPES, AttnImplementation, attn_kwargs
+from pmopt.policy import DTYPES, AttnImplementation, attn_kwargs, check_device
 from pmopt.policy import resolve_dtype as resolve_model_dtype
 
 DEFAULT_NUM_LABELS = 2  # transformers' PretrainedConfig default, implied when a config omits id2label
@@ -58,7 +58,7 @@ class PMLoadOptions:
 
     def validate(self, where: str = "pm_load") -> None:
         """ValueError naming `where`.key (configs turn it into an error naming the file too)."""
-        for name, check in (("dtype", resolve_dtype), ("attn_implementation", attn_kwargs)):
+        for name, check in (("dtype", resolve_dtype), ("attn_implementation", attn_kwargs), ("device", check_device)):
             try:
                 check(getattr(self, name))
             except PmoptError as exc:

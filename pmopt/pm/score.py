@@ -14,7 +14,7 @@ from pathlib import Path
 from pmopt.io import PmoptError, atomic_write_jsonl, prepare_out_dir, read_jsonl
 from pmopt.pm.ensemble import EnsemblePM
 from pmopt.pm.model import NON_SYCOPHANTIC_PREFIX, PMLoadOptions, PreferenceModel
-from pmopt.policy import looks_like_hub_id
+from pmopt.policy import check_device, looks_like_hub_id
 from pmopt.records import check_text, validate_scoring_input
 from pmopt.text import Messages
 
@@ -47,6 +47,10 @@ def load_options(args) -> PMLoadOptions:
             raise PmoptError(f"--{flag.replace('_', '-')}: must be >= 1, got {value}")
     if getattr(args, "device", None) and getattr(args, "device_map", None):
         raise PmoptError("--device and --device-map: give one (--device-map auto places the PM itself)")
+    try:
+        check_device(getattr(args, "device", None))
+    except PmoptError as exc:
+        raise PmoptError(f"--device: {exc}") from None
     options = PMLoadOptions(
         dtype=getattr(args, "dtype", "float32"), device=getattr(args, "device", None),
         device_map=getattr(args, "device_map", None), trust_remote_code=getattr(args, "trust_remote_code", False),

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from pmopt.io import PmoptError
+from pmopt.policy import check_device
 from pmopt.text import encode, join, render_prompt
 
 # ----------------------------------------------------------------------------- queries
@@ -244,6 +245,10 @@ class JudgeConfig:
             raise ValueError("judge.path is required when judge.kind is 'lm'")
         if self.batch_size < 1:
             raise ValueError("judge.batch_size must be >= 1")
+        try:
+            check_device(self.device)
+        except PmoptError as exc:
+            raise ValueError(f"judge.device: {exc}") from None
 
 
 def make_judge(cfg: JudgeConfig, device: str | None = None) -> Judge:

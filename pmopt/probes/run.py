@@ -33,7 +33,7 @@ from pmopt.io import (
     atomic_write_text,
     prepare_out_dir,
 )
-from pmopt.policy import AttnImplementation
+from pmopt.policy import AttnImplementation, check_device
 from pmopt.probes.base import Probe, Sample, mean_outcomes
 from pmopt.probes.judges import EXACT, Judge, JudgeConfig, grade_batched, make_judge
 from pmopt.probes.registry import DEFAULT_PROBES, get_probes
@@ -73,6 +73,13 @@ class ProbeRunConfig(ProbeSettings):
     attn_implementation: AttnImplementation | None = None  # the policy's; None = transformers' default
     # who grades free-form answers without a known truth
     judge: JudgeConfig = field(default_factory=JudgeConfig)
+
+    def validate(self) -> None:
+        super().validate()
+        try:
+            check_device(self.device)
+        except PmoptError as exc:
+            raise ValueError(f"device: {exc}") from None
 
 
 # ----------------------------------------------------------------------------- 1. plan
