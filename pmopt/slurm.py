@@ -180,22 +180,23 @@ def quoted_option(name: str, path: Path) -> str:
     return f'{name}="{text}"' if re.search(r"\s", text) else f"{name}={text}"
 
 
-def index_ranges(indices: list[int]) -> str:
-    """Sorted task indices as sbatch's --array takes them: [0, 1, 2, 5, 7, 8] -> '0-2,5,7-8'."""
-    parts, start = [], None
-    for i, index in enumerate(indices):
-        if start is None:
-            start = index
-        if i + 1 == len(indices) or indices[i + 1] != index + 1:
-            parts.append(str(start) if start == index else f"{start}-{index}")
-            start = None
-    return ",".join(parts)
+def task_order(cells: list, todo: list[int]) -> list[int]:
+    """The unfinished cells in the order SLURM starts array tasks (by index): each seed's first cell, then each
+    seed's second, and so on. A sweep's cells of one seed share one pretraining (pmopt.world.policy_cache): with
+    the local pool's seed-major order, the second task would hold its CPUs idle while the first pretrains."""
+    nth: dict[int, int] = {}
+    order = {}
+    for i in todo:
+        seed = cells[i].cfg.seed
+        order[i] = (nth.get(seed, 0), i)
+        nth[seed] = nth.get(seed, 0) + 1
+    return sorted(todo, key=order.__getitem__)
 
 
-def cells_script(cfg, run: Path, cells: list, todo: list[int]) -> str:
-    """The array job: task i runs cells[i]; only the unfinished cells' indices are in --array."""
+def cells_script(cfg, run: Path, tasks: list) -> str:
+    """The array job: task i runs the cell tasks[i]."""
     section = cfg.slurm
-    indices = index_ranges(todo) + (f"%{section.max_running}" if section.max_running else "")
+    indices = f"0-{len(tasks) - 1}" + (f"%{section.max_running}" if section.max_running else "")
     options = [f"--job-name={section.job_name}-cells", f"--array={indices}", "--ntasks=1",
                f"--cpus-per-task={cpus_of(cfg)}", *resource_lines(section)]
     if section.mem:
@@ -205,10 +206,11 @@ def cells_script(cfg, run: Path, cells: list, todo: list[int]) -> str:
     # append: a requeued or resubmitted task's log goes on after its earlier attempts
     options += [quoted_option("--output", run / SLURM_DIR / "logs" / "cells-%A_%a.log"), "--open-mode=append",
                 "--requeue", quoted_option("--chdir", Path.cwd())]
-    names = "".join(f"  {shlex.quote(cell.name)}\n" for cell in cells)
+    names = "".join(f"  {shlex.quote(cell.name)}\n" for cell in tasks)
     return (f"#!/bin/bash\n"
             f"# The cells of the pmopt run {run} as one SLURM job array, written by `pmopt run --launcher slurm`.\n"
             f"# Task i runs cells[i] with the local pool's resumable cell code; the cell's own log is RUN/<cell>/log.txt.\n"
+            f"# To resubmit what did not finish, run the same `pmopt run` again: it rewrites this file.\n"
             f"{header(options, section.extra)}"
             f"set -euo pipefail\n"
             f"cells=(\n{names})\n"
@@ -245,7 +247,8 @@ def submit_cells(cfg, run: Path, cells: list, manifest: Manifest) -> bool:
     run = run.resolve()  # the jobs may start in another directory
     slurm_dir = run / SLURM_DIR
     (slurm_dir / "logs").mkdir(parents=True, exist_ok=True)
-    cells_file = atomic_write_text(slurm_dir / "cells.sbatch", cells_script(cfg, run, cells, todo))
+    tasks = [cells[i] for i in task_order(cells, todo)]
+    cells_file = atomic_write_text(slurm_dir / "cells.sbatch", cells_script(cfg, run, tasks))
     aggregate_file = atomic_write_text(slurm_dir / "aggregate.sbatch", aggregate_script(cfg, run))
     array_job = sbatch([str(cells_file)])
     try:
@@ -253,9 +256,9 @@ def submit_cells(cfg, run: Path, cells: list, manifest: Manifest) -> bool:
     except PmoptError:
         subprocess.run(["scancel", array_job], capture_output=True, timeout=60)
         raise
-    record_submission(run, array_job, aggregate_job, {str(i): cells[i].name for i in todo})
-    names = ", ".join(cells[i].name for i in todo)
-    console.info(f"run: {len(todo)} cell(s) ({names}) submitted as SLURM array job {array_job}, {cpus_of(cfg)} CPU(s) "
+    record_submission(run, array_job, aggregate_job, {str(i): cell.name for i, cell in enumerate(tasks)})
+    names = ", ".join(cell.name for cell in tasks)
+    console.info(f"run: {len(tasks)} cell(s) ({names}) submitted as SLURM array job {array_job}, {cpus_of(cfg)} CPU(s) "
                  f"each; the aggregate is job {aggregate_job}, after them")
     console.info(f"run: watch with `squeue -j {array_job},{aggregate_job}`; SLURM's log of task i: "
                  f"{slurm_dir / 'logs' / f'cells-{array_job}_<i>.log'}; each cell's log: {run / '<cell>' / 'log.txt'}")
@@ -290,7 +293,7 @@ def dry_run(cfg, run: Path, cells: list) -> None:
         console.result(f"run: every cell of {run} is done: `pmopt run` would write the aggregate here, now")
         return
     console.result(f"# {run / SLURM_DIR / 'cells.sbatch'}: sbatch --parsable {run / SLURM_DIR / 'cells.sbatch'}")
-    console.result(cells_script(cfg, run, cells, todo))
+    console.result(cells_script(cfg, run, [cells[i] for i in task_order(cells, todo)]))
     console.result(f"# {run / SLURM_DIR / 'aggregate.sbatch'}: sbatch --parsable --dependency=afterok:<array job> "
                    f"{run / SLURM_DIR / 'aggregate.sbatch'}")
     console.result(aggregate_script(cfg, run))

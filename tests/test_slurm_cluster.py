@@ -148,6 +148,25 @@ def test_dry_run_prints_the_job_scripts_and_writes_nothing(tmp_path, capsys, mon
     assert scripts.returncode == 0, scripts.stderr
 
 
+def test_tasks_start_with_one_cell_per_seed(tmp_path):
+    """A sweep's cells of one seed share a pretraining: SLURM starts tasks by index, so each seed's first unfinished
+    cell comes first and no task waits idle on another's pretraining while a seed has none running."""
+    from pmopt.config import load_config
+    from pmopt.pipeline import ExperimentConfig
+    from pmopt.slurm import task_order
+    from pmopt.sweep import cells_of
+
+    cfg = load_config(ExperimentConfig, MICRO, ["sweep.values=[0, 1, 3]", "seeds=[0, 1]"])
+    cells = cells_of(cfg, tmp_path)
+    assert [c.name for c in cells][:3] == ["w_agree-0/seed-0", "w_agree-1/seed-0", "w_agree-3/seed-0"]
+    ordered = [cells[i].name for i in task_order(cells, list(range(len(cells))))]
+    assert ordered == ["w_agree-0/seed-0", "w_agree-0/seed-1", "w_agree-1/seed-0", "w_agree-1/seed-1",
+                       "w_agree-3/seed-0", "w_agree-3/seed-1"]
+    unfinished = [1, 2, 4]  # w_agree-1/seed-0, w_agree-3/seed-0, w_agree-1/seed-1
+    assert [cells[i].name for i in task_order(cells, unfinished)] == \
+        ["w_agree-1/seed-0", "w_agree-1/seed-1", "w_agree-3/seed-0"]
+
+
 # ----------------------------------------------------------------------------- array jobs on the real cluster
 
 
@@ -195,9 +214,10 @@ def test_a_sweep_as_an_array_job_with_a_cancelled_task_ends_as_the_local_pool(sl
     again = pmopt_run(str(MICRO), "--launcher", "slurm", "--out", str(cluster))
     assert "w_agree = 0, seed 0: done earlier, skipped" in again.stdout
     resubmitted = submission(cluster)
-    assert resubmitted["tasks"] == {"1": "w_agree-3/seed-0"}
-    assert "#SBATCH --array=1\n" in (cluster / "slurm" / "cells.sbatch").read_text()
+    assert resubmitted["tasks"] == {"0": "w_agree-3/seed-0"}
+    assert "#SBATCH --array=0-0\n" in (cluster / "slurm" / "cells.sbatch").read_text()
     wait_for_jobs(resubmitted["cells"], resubmitted["aggregate"])
+    assert "w_agree = 3, seed 0 done in" in (cluster / "slurm" / "logs" / f"cells-{resubmitted['cells']}_0.log").read_text()
 
     log = (victim / "log.txt").read_text()
     assert log.count("run: stage world ...") == 1 and "run: stage world: done earlier, skipped" in log
