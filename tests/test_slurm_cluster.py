@@ -52,11 +52,20 @@ def env_for_jobs() -> dict:
             "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1"}
 
 
-def pmopt_run(*args: str) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "pmopt.cli", "run", *args], env=env_for_jobs(),
-                            capture_output=True, text=True, timeout=600, cwd=REPO)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
+@pytest.fixture
+def jobs_env(monkeypatch):
+    """This process's environment as the jobs it submits inherit it (sbatch exports it): `env_for_jobs()`."""
+    for name, value in env_for_jobs().items():
+        monkeypatch.setenv(name, value)
+
+
+def pmopt_run(capsys, *args: str) -> str:
+    """`pmopt run ARGS` in this process (no second start-up of torch); returns what it printed."""
+    capsys.readouterr()
+    code = main(["run", *args])
+    printed = capsys.readouterr()
+    assert code == 0, printed.out[-3000:] + printed.err[-3000:]
+    return printed.out
 
 
 def submission(run: Path) -> dict:
@@ -148,6 +157,15 @@ def test_dry_run_prints_the_job_scripts_and_writes_nothing(tmp_path, capsys, mon
     assert scripts.returncode == 0, scripts.stderr
 
 
+def test_a_multi_seed_run_is_one_task_per_seed(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", str(MICRO), "--launcher", "slurm", "--dry-run", "--set", "sweep.key=null", "--seeds", "0,1,2",
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "#SBATCH --array=0-2\n" in printed and "cells=(\n  seed-0\n  seed-1\n  seed-2\n)\n" in printed, printed
+    assert not out.exists()
+
+
 def test_tasks_start_with_one_cell_per_seed(tmp_path):
     """A sweep's cells of one seed share a pretraining: SLURM starts tasks by index, so each seed's first unfinished
     cell comes first and no task waits idle on another's pretraining while a seed has none running."""
@@ -184,19 +202,19 @@ def result_files(run: Path) -> list[Path]:
 
 @pytest.mark.slow
 @pytest.mark.slurm
-def test_a_sweep_as_an_array_job_with_a_cancelled_task_ends_as_the_local_pool(slurm, tmp_path):
+def test_a_sweep_as_an_array_job_with_a_cancelled_task_ends_as_the_local_pool(slurm, jobs_env, tmp_path, capsys):
     """The micro sweep (2 values x 1 seed) run by the local pool, then as a SLURM array job + aggregation job in
     which one task is cancelled (`scancel`) once its world is built. The aggregation job is then cancelled by
     SLURM (its afterok can no longer be met); running `pmopt run` again submits only the cancelled cell, which
     resumes after its world (not rebuilt), while the finished cell never runs again; the aggregation job then
     writes the same results as the local pool, byte for byte."""
     local, cluster = tmp_path / "local", tmp_path / "cluster"
-    pmopt_run(str(MICRO), "--out", str(local))
+    pmopt_run(capsys, str(MICRO), "--out", str(local))
 
-    first = pmopt_run(str(MICRO), "--launcher", "slurm", "--out", str(cluster))
+    first = pmopt_run(capsys, str(MICRO), "--launcher", "slurm", "--out", str(cluster))
     jobs = submission(cluster)
     assert jobs["tasks"] == {"0": "w_agree-0/seed-0", "1": "w_agree-3/seed-0"}
-    assert f"squeue -j {jobs['cells']},{jobs['aggregate']}" in first.stdout
+    assert f"squeue -j {jobs['cells']},{jobs['aggregate']}" in first
     victim = cluster / "w_agree-3" / "seed-0"
     deadline = time.monotonic() + 300
     while stages_of(victim).get("world", {}).get("status") != "done":
@@ -211,8 +229,8 @@ def test_a_sweep_as_an_array_job_with_a_cancelled_task_ends_as_the_local_pool(sl
     assert not (cluster / "dose_response.json").exists()  # the aggregation job never ran
     assert "CANCELLED" in (cluster / "slurm" / "logs" / f"cells-{jobs['cells']}_1.log").read_text()
 
-    again = pmopt_run(str(MICRO), "--launcher", "slurm", "--out", str(cluster))
-    assert "w_agree = 0, seed 0: done earlier, skipped" in again.stdout
+    again = pmopt_run(capsys, str(MICRO), "--launcher", "slurm", "--out", str(cluster))
+    assert "w_agree = 0, seed 0: done earlier, skipped" in again
     resubmitted = submission(cluster)
     assert resubmitted["tasks"] == {"0": "w_agree-3/seed-0"}
     assert "#SBATCH --array=0-0\n" in (cluster / "slurm" / "cells.sbatch").read_text()
@@ -228,14 +246,14 @@ def test_a_sweep_as_an_array_job_with_a_cancelled_task_ends_as_the_local_pool(sl
     for name in result_files(cluster):
         assert (cluster / name).read_bytes() == (local / name).read_bytes(), name
 
-    finished = pmopt_run(str(MICRO), "--launcher", "slurm", "--out", str(cluster))  # all done: aggregated here
-    assert "submitted" not in finished.stdout and "dose-response" not in finished.stderr
+    finished = pmopt_run(capsys, str(MICRO), "--launcher", "slurm", "--out", str(cluster))  # all done: aggregated here
+    assert "submitted" not in finished and f"pmopt run: results in {cluster}" in finished
     assert (cluster / "dose_response.json").read_bytes() == (local / "dose_response.json").read_bytes()
     assert len(json.loads((cluster / "slurm" / "jobs.json").read_text())) == 2
 
 
 @pytest.mark.slurm
-def test_a_run_whose_jobs_are_queued_is_refused(slurm, tmp_path, capsys):
+def test_a_run_whose_jobs_are_queued_is_refused(slurm, jobs_env, tmp_path, capsys):
     """While a run's jobs wait in the queue, `pmopt run` on its --out (either launcher) would run cells twice."""
     run = tmp_path / "run"
     # held jobs (--hold through the extra lines) wait until released: nothing runs, nothing costs CPU
@@ -296,8 +314,10 @@ def test_multinode_job_trains_a_pm_across_two_tasks(slurm, tmp_path, tiny_pm_set
     assert (cluster / "model.safetensors").read_bytes() == (one_machine / "model.safetensors").read_bytes()
     logs = sorted(p.name for p in (cluster / "slurm" / "logs").glob("*.log"))
     assert len(logs) == 2 and logs[0].endswith("-task-0.log") and logs[1].endswith("-task-1.log")
-    text = "".join((cluster / "slurm" / "logs" / name).read_text() for name in logs)
-    assert text.count("pmopt train-pm: results in") == 2, text[-3000:]
+    task_logs = [(cluster / "slurm" / "logs" / name).read_text() for name in logs]
+    assert all("pmopt train-pm: results in" in text for text in task_logs), task_logs
+    # global rank 0, the process that writes the files and holds the lock on --out, ran in task 0
+    assert "train-pm: PM pm-2tasks done" in task_logs[0] and "PM pm-2tasks done" not in task_logs[1], task_logs
     assert not (cluster / ".pmopt.lock").exists()  # released by the rank that took it
 
 
