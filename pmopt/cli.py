@@ -133,6 +133,12 @@ def _add_command(sub, name: str, help_text: str) -> None:
         if name == "run":
             cmd.add_argument("--seeds", default=None, metavar="K,K,...",
                              help="run the experiment once per seed (e.g. 0,1,2) and aggregate over seeds")
+            cmd.add_argument("--launcher", default=None, choices=["local", "slurm"],
+                             help="where a sweep's cells or the seeds run: this machine's process pool (local, the "
+                                  "default) or one SLURM job array plus an aggregation job (slurm; docs/cluster.md)")
+            cmd.add_argument("--dry-run", action="store_true",
+                             help="check the config and print what would run (with --launcher slurm: the sbatch "
+                                  "scripts); write and submit nothing")
         if name == "probe":
             cmd.add_argument("--policy", default=None, help="policy directory (HF causal LM + tokenizer)")
             cmd.add_argument("--probes", default=None, help="comma-separated probe names")

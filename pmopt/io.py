@@ -554,19 +554,25 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+MANIFEST_LOCK = ".manifest.lock"  # held while a shared manifest is re-read and marked
+
+
 class Manifest:
     """`manifest.json` of a run: versions, seeds, git hash and the status of each stage.
 
     A stage is marked done only after its outputs are complete, so a resumed run skips exactly the
     stages whose files can be trusted.
+
+    `shared=True` is for a manifest that other processes mark at the same time (a cluster's array tasks,
+    one per cell, each marking its cell done): every mark then re-reads the file under an exclusive lock and
+    changes only its own stage, so no process writes back another's mark as it was before.
     """
 
-    def __init__(self, run_dir: str | os.PathLike):
+    def __init__(self, run_dir: str | os.PathLike, shared: bool = False):
         self.path = Path(run_dir) / "manifest.json"
+        self.shared = shared
         if self.path.exists():
-            self.data = read_json_file(self.path)
-            if not isinstance(self.data, dict) or not isinstance(self.data.get("stages"), dict):
-                raise PmoptError(f"{self.path}: not a pmopt manifest (expected an object with 'stages')")
+            self.data = self._read()
         else:
             self.data = {"created": _dt.datetime.now().isoformat(timespec="seconds"),
                          "git": git_hash(), "versions": package_versions(), "environment": environment(),
@@ -575,7 +581,22 @@ class Manifest:
     def is_done(self, stage: str) -> bool:
         return self.data["stages"].get(stage, {}).get("status") == "done"
 
+    def _read(self) -> dict:
+        data = read_json_file(self.path)
+        if not isinstance(data, dict) or not isinstance(data.get("stages"), dict):
+            raise PmoptError(f"{self.path}: not a pmopt manifest (expected an object with 'stages')")
+        return data
+
     def mark(self, stage: str, status: str, **info: Any) -> None:
+        if not self.shared:
+            self._mark(stage, status, info)
+            return
+        with exclusive_lock(self.path.with_name(MANIFEST_LOCK)):
+            if self.path.exists():
+                self.data["stages"] = self._read()["stages"]
+            self._mark(stage, status, info)
+
+    def _mark(self, stage: str, status: str, info: dict) -> None:
         entry = self.data["stages"].setdefault(stage, {})
         entry.update(status=status, time=_dt.datetime.now().isoformat(timespec="seconds"), **info)
         self.save()

@@ -65,10 +65,26 @@ class Cell:
     policy_cache: Path | None = None  # pretrained base policies shared with other cells (pmopt.world.policy_cache)
 
 
-def run_seeds(cfg, run: Path, manifest: Manifest) -> dict[str, float]:
-    """Every unfinished seed, `worker_count` at a time; returns each finished seed's seconds."""
-    cells = [Cell(f"seed-{k}", f"seed {k}", seed_config(cfg, k), run / SEED_DIR.format(k)) for k in cfg.seeds]
-    return run_cells(cells, manifest, worker_count(cfg), cfg.threads_per_seed)
+def seed_cells(cfg, run: Path) -> list[Cell]:
+    """Every seed of a multi-seed run as a cell."""
+    return [Cell(f"seed-{k}", f"seed {k}", seed_config(cfg, k), run / SEED_DIR.format(k)) for k in cfg.seeds]
+
+
+def run_seeds(cfg, run: Path, manifest: Manifest) -> bool:
+    """Every unfinished seed by the config's launcher; True when all are done (see `launch_cells`)."""
+    return launch_cells(cfg, run, seed_cells(cfg, run), manifest)
+
+
+def launch_cells(cfg, run: Path, cells: list[Cell], manifest: Manifest) -> bool:
+    """The unfinished cells by `cfg.launcher`: here, `worker_count_for` at a time (`run_cells`), then True; or
+    as one SLURM job array followed by the aggregation job (pmopt.slurm), then False unless every cell was done
+    already (the aggregate is then written here, now)."""
+    if cfg.launcher == "slurm":
+        from pmopt.slurm import submit_cells
+
+        return submit_cells(cfg, run, cells, manifest)
+    run_cells(cells, manifest, worker_count_for(cfg, len(cells)), cfg.threads_per_seed)
+    return True
 
 
 def run_cells(cells: list[Cell], manifest: Manifest, workers: int, threads: int) -> dict[str, float]:
@@ -107,9 +123,12 @@ def _cell_done(manifest: Manifest, cell: Cell, seconds: float) -> None:
 
 
 def run_one_seed(cfg, seed_dir: Path, threads: int, policy_cache: Path | None = None) -> float:
-    """One seed's experiment with a fixed torch thread count, its console output in seed_dir/log.txt."""
+    """One seed's experiment (one cell) with a fixed torch thread count, its console output in seed_dir/log.txt:
+    the code every launcher runs a cell with (a worker of the local pool, a SLURM array task: pmopt.slurm).
+    The cell's folder is locked while it runs, so two launches of one cell never write it at once."""
     import torch
 
+    from pmopt.io import OutDirLock
     from pmopt.pipeline import run_experiment
 
     seed_dir.mkdir(parents=True, exist_ok=True)
@@ -117,7 +136,7 @@ def run_one_seed(cfg, seed_dir: Path, threads: int, policy_cache: Path | None = 
     torch.set_num_threads(threads)
     start = time.perf_counter()
     try:
-        with console.logged_to(seed_dir / "log.txt"):
+        with OutDirLock(seed_dir), console.logged_to(seed_dir / "log.txt"):
             run_experiment(cfg, seed_dir, with_report=False, policy_cache=policy_cache)
     finally:
         torch.set_num_threads(previous)
@@ -165,4 +184,4 @@ def print_headline(claims: dict) -> None:
     console.result(f"run: {claims['verdict']}")
 
 
-__all__ = ["Cell", "run_cells", "worker_count_for", "run_seeds", "aggregate", "claims_summary", "print_headline", "seed_config", "worker_count", "claim_of"]
+__all__ = ["Cell", "run_cells", "launch_cells", "seed_cells", "worker_count_for", "run_seeds", "aggregate", "claims_summary", "print_headline", "seed_config", "worker_count", "claim_of"]

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pmopt import console
 from pmopt.bon.sweep import BonConfig, BonSettings, PMEntry, run_bon
@@ -26,6 +26,7 @@ from pmopt.faults import fault_point
 from pmopt.io import Manifest, PmoptError, atomic_write_json, atomic_write_text, environment, prepare_out_dir
 from pmopt.pm.train import DataSection, LoraSection, ModelSection, PMTrainConfig, TrainSection, train_pm
 from pmopt.probes.run import ProbeRunConfig, ProbeSettings, run_probe_config
+from pmopt.slurm import SlurmSection
 from pmopt.world.build import build_world, check_targets, print_stats
 from pmopt.world.config import WorldConfig
 
@@ -98,6 +99,10 @@ class ExperimentConfig:
     # run the experiment once per value of one key (and per seed) under RUN/<key leaf>-<value>/seed-<k>/, then
     # the dose-response over the values (RUN/dose_response.json): pmopt.sweep
     sweep: SweepSection = field(default_factory=SweepSection)
+    # where the cells of a sweep or the seeds of a multi-seed run run: local (this machine's process pool) or slurm
+    # (one SLURM job array, then the aggregation as a job after it: pmopt.slurm, docs/cluster.md)
+    launcher: Literal["local", "slurm"] = "local"
+    slurm: SlurmSection = field(default_factory=SlurmSection)  # each cell's SLURM resources (launcher: slurm)
 
 
 # ----------------------------------------------------------------------------- stages
@@ -318,9 +323,9 @@ def stages(cfg: ExperimentConfig, with_report: bool = True, policy_cache: Path |
     return plan
 
 
-# keys that may change between a run and its resumption: they change what runs, not what any seed computes
-# (sweep.values too: a value added to a finished sweep runs only its own cells)
-RESUMABLE_KEYS = ("seeds", "parallel_seeds")
+# keys that may change between a run and its resumption: they change what runs or where, not what any seed
+# computes (sweep.values too: a value added to a finished sweep runs only its own cells)
+RESUMABLE_KEYS = ("seeds", "parallel_seeds", "launcher", "slurm")
 
 
 def check_same_config(run: Path, cfg: ExperimentConfig) -> None:
@@ -350,12 +355,11 @@ def load_yaml_text(text: str) -> dict:
 
 
 def run_experiment(cfg: ExperimentConfig, run: Path, with_report: bool = True, policy_cache: Path | None = None,
-                   until: str | None = None) -> Path:
+                   until: str | None = None) -> Path | None:
     """The job on one seed, or on every seed of `cfg.seeds` followed by the aggregate over seeds. `policy_cache`:
     a folder of pretrained base policies shared with other runs (pmopt.world.policy_cache; a sweep's cells).
-    `until`: the last stage to run, on one seed (`pmopt intervene` needs only the world and the PMs)."""
-    from pmopt.multiseed import print_headline
-
+    `until`: the last stage to run, on one seed (`pmopt intervene` needs only the world and the PMs). Returns the
+    run directory, or None when the cells went to a cluster (`launcher: slurm`) and its jobs write the results."""
     if cfg.sweep.key is not None:
         from pmopt.sweep import check_sweep
 
@@ -371,16 +375,36 @@ def run_experiment(cfg: ExperimentConfig, run: Path, with_report: bool = True, p
     if cfg.sweep.key is not None:
         from pmopt.sweep import run_sweep
 
-        run_sweep(cfg, run, manifest)
-        return run
+        return run if run_sweep(cfg, run, manifest) is not None else None
     if cfg.seeds:
         claims = _run_seeds(cfg, run, manifest)
+        if claims is None:  # submitted to a cluster: its aggregation job writes the results
+            return None
     else:
         manifest.set("seed", cfg.seed)
         claims = _run_stages(cfg, run, manifest, with_report, policy_cache, until)
     if with_report:
-        print_headline(claims)
-        console.info(f"run: report at {run / 'report' / 'report.html'}")
+        _closing_lines(claims, run)
+    return run
+
+
+def _closing_lines(claims: dict, run: Path) -> None:
+    from pmopt.multiseed import print_headline
+
+    print_headline(claims)
+    console.info(f"run: report at {run / 'report' / 'report.html'}")
+
+
+def finish_cells(cfg: ExperimentConfig, run: Path, manifest: Manifest) -> Path:
+    """What `run_experiment` writes after the cells of a sweep or a multi-seed run (aggregate, report, closing
+    lines), for a run whose cells all ran elsewhere: a cluster's array tasks (pmopt.slurm)."""
+    start = time.perf_counter()
+    if cfg.sweep.key is not None:
+        from pmopt.sweep import finish_sweep
+
+        finish_sweep(cfg, run, manifest, start)
+    else:
+        _closing_lines(finish_seeds(cfg, run, manifest, start), run)
     return run
 
 
@@ -409,12 +433,22 @@ def _write_claims(run: Path, claims: dict) -> None:
     atomic_write_json(run / "claims.json", claims)
 
 
-def _run_seeds(cfg: ExperimentConfig, run: Path, manifest: Manifest) -> dict:
-    from pmopt.multiseed import aggregate, run_seeds
+def _run_seeds(cfg: ExperimentConfig, run: Path, manifest: Manifest) -> dict | None:
+    """Every seed, then the aggregate over seeds; None when the seeds were submitted to a cluster instead
+    (`launcher: slurm`: the aggregate is then a job of its own, pmopt.slurm)."""
+    from pmopt.multiseed import run_seeds
 
     manifest.set("seeds", list(cfg.seeds))
     start = time.perf_counter()
-    run_seeds(cfg, run, manifest)
+    if not run_seeds(cfg, run, manifest):
+        return None
+    return finish_seeds(cfg, run, manifest, start)
+
+
+def finish_seeds(cfg: ExperimentConfig, run: Path, manifest: Manifest, start: float) -> dict:
+    """The aggregate over finished seeds, the claims and the report; returns the claims."""
+    from pmopt.multiseed import aggregate
+
     claims = aggregate(cfg, run)
     manifest.mark("aggregate", "done")
     with console.stage("run: stage report"):
@@ -436,6 +470,8 @@ def run_command(args) -> Path:
     overrides = list(args.overrides)
     if getattr(args, "seeds", None):
         overrides.append(f"seeds=[{args.seeds}]")
+    if getattr(args, "launcher", None):
+        overrides.append(f"launcher={args.launcher}")
     cfg = load_config(ExperimentConfig, args.config, overrides)
     if len(set(cfg.seeds)) != len(cfg.seeds) or any(k < 0 for k in cfg.seeds):
         raise ConfigError(f"{args.config}: seeds must be distinct non-negative integers, got {cfg.seeds}")
@@ -445,4 +481,33 @@ def run_command(args) -> Path:
         from pmopt.sweep import check_sweep
 
         check_sweep(cfg, str(args.config))
-    return run_experiment(cfg, prepare_out_dir(args.out, "run"))
+    from pmopt.slurm import check_launcher, check_no_active_jobs
+
+    dry = getattr(args, "dry_run", False)
+    check_launcher(cfg, str(args.config), dry)
+    if dry:
+        return dry_run(cfg, args.out)
+    run = prepare_out_dir(args.out, "run")
+    check_no_active_jobs(run)
+    return run_experiment(cfg, run)
+
+
+def dry_run(cfg: ExperimentConfig, out: str | None) -> None:
+    """`pmopt run --dry-run`: check the config as a run does, then print what would run (under `launcher: slurm`,
+    the job scripts); nothing is written or submitted."""
+    from pmopt.multiseed import seed_cells, worker_count_for
+    from pmopt.slurm import dry_run as slurm_dry_run
+    from pmopt.sweep import cells_of, check_sweep
+
+    run = Path(out).resolve() if out is not None else Path("checkpoints").resolve() / "run-<time>"
+    for value_cfg in (check_sweep(cfg).values() if cfg.sweep.key is not None else [cfg]):
+        validate_experiment(value_cfg, run)
+    check_same_config(run, cfg)
+    cells = cells_of(cfg, run) if cfg.sweep.key is not None else seed_cells(cfg, run) if cfg.seeds else []
+    if cfg.launcher == "slurm":
+        slurm_dry_run(cfg, run, cells)
+        return None
+    workers = worker_count_for(cfg, len(cells)) if cells else 1
+    console.result(f"run: {len(cells) or 1} run(s) here in {run}, {workers} at a time: "
+                   f"{', '.join(c.name for c in cells) or 'one seed'}")
+    return None

@@ -131,18 +131,29 @@ def cells_of(cfg, run: Path) -> list:
     return cells
 
 
-def run_sweep(cfg, run: Path, manifest: Manifest) -> dict:
-    """Every unfinished cell, then each value's aggregate over seeds, the dose-response and the report."""
+def run_sweep(cfg, run: Path, manifest: Manifest) -> dict | None:
+    """Every unfinished cell, then each value's aggregate over seeds, the dose-response and the report; None when
+    the cells were submitted to a cluster instead (`launcher: slurm`: its aggregation job calls `finish_sweep`)."""
     import time
 
-    from pmopt.multiseed import aggregate, run_cells, worker_count_for
+    from pmopt.multiseed import launch_cells
 
     seeds = cfg.seeds or [cfg.seed]
     manifest.set("seeds", list(seeds))
     manifest.set("sweep", {"key": cfg.sweep.key, "values": list(to_dict(cfg.sweep.values))})
     start = time.perf_counter()
-    cells = cells_of(cfg, run)
-    run_cells(cells, manifest, worker_count_for(cfg, len(cells)), cfg.threads_per_seed)
+    if not launch_cells(cfg, run, cells_of(cfg, run), manifest):
+        return None
+    return finish_sweep(cfg, run, manifest, start)
+
+
+def finish_sweep(cfg, run: Path, manifest: Manifest, start: float) -> dict:
+    """Each value's aggregate over seeds, the dose-response and the report, from the finished cells."""
+    import time
+
+    from pmopt.multiseed import aggregate
+
+    seeds = cfg.seeds or [cfg.seed]
     by_value = check_sweep(cfg)
     for value, value_cfg in by_value.items():
         with_seeds = replace(value_cfg, seeds=list(seeds))
@@ -194,4 +205,4 @@ def table_text(result: dict) -> list[str]:
     return table_lines(result)
 
 
-__all__ = ["check_sweep", "cells_of", "run_sweep", "write_dose_response", "value_dir", "value_name", "leaf"]
+__all__ = ["check_sweep", "cells_of", "run_sweep", "finish_sweep", "write_dose_response", "value_dir", "value_name", "leaf"]
