@@ -65,7 +65,8 @@ def test_pages_show_commands():
 @pytest.mark.parametrize(("page", "command"), command_cases())
 def test_every_shown_command_parses(page, command):
     argv = shlex.split(command, comments=True)
-    argv = argv[: argv.index(">")] if ">" in argv else argv  # `pmopt config show ... > my_world.yaml`
+    ends = [i for i, word in enumerate(argv) if word in (">", "|", "&&", ";")]  # `... > my.yaml`, `... | tee log`
+    argv = argv[: ends[0]] if ends else argv
     err = io.StringIO()
     try:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
