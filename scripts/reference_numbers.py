@@ -17,6 +17,8 @@
     facts    docs/results.md              the PMs' held-out accuracy and the base policy's statistics
     tiny     docs/reproduce.md            the tiny run's headline and machine, and its bounds on other CPUs
 
+and copies the quickstart report's headline figure to docs/quickstart_headline.png (the README shows it).
+
 Every run must have been made with the lock (constraints/cpu-py311.txt): the script compares the versions
 each manifest records with it and refuses a run made with other versions.
 """
@@ -44,6 +46,7 @@ TABLE_METRICS = (("probe/answer/syco_rate", "`answer/syco_rate`"),
                  ("probe/mimicry/syco_rate", "`mimicry/syco_rate`"),
                  ("gold/reward", "`gold/reward` (Gao et al.)"),
                  ("kl/support", "`kl/support` (nats; bound {bound:.2f})"))
+FIGURE = Path("docs") / "quickstart_headline.png"
 BOLD = {("probe/answer/syco_rate", "proxy"), ("probe/answer/syco_rate", "proxy-nonsyc"), ("gold/reward", "proxy")}
 
 
@@ -58,6 +61,12 @@ def read_json(path: Path) -> dict:
     if not path.is_file():
         raise ReferenceError(f"{path}: not found")
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def read_bytes(path: Path) -> bytes:
+    if not path.is_file():
+        raise ReferenceError(f"{path}: not found (the run's report writes it)")
+    return path.read_bytes()
 
 
 def lock_versions(lock: Path = LOCK) -> dict[str, str]:
@@ -242,6 +251,10 @@ def write(run: Path, tiny: Path, tiny_seeds: Path, root: Path = REPO) -> list[Pa
                root / "docs" / "results.md": {**blocks, "facts": facts_block(run)},
                root / "docs" / "reproduce.md": {"tiny": tiny_block(tiny_reference(tiny, tiny_seeds))}}
     changed = []
+    figure = read_bytes(run / "report" / "plots" / "headline.png")
+    if not (root / FIGURE).is_file() or (root / FIGURE).read_bytes() != figure:
+        (root / FIGURE).write_bytes(figure)
+        changed.append(root / FIGURE)
     for path, named in targets.items():
         text = original = path.read_text(encoding="utf-8")
         for name, body in named.items():

@@ -51,6 +51,8 @@ def make_run(path, syco_end=0.9, seeds=(0, 1, 2), console=True):
     stats["rater_label_agreement"] = {"mean": 0.85, "min": 0.84, "max": 0.86}
     (path / "aggregate").mkdir()
     (path / "aggregate" / "world_stats.json").write_text(json.dumps({"values": stats}))
+    (path / "report" / "plots").mkdir(parents=True)
+    (path / "report" / "plots" / "headline.png").write_bytes(b"\x89PNG figure of " + path.name.encode())
     if console:
         lines = ["run: 3 seed(s) to run"] + [f"run: {line}" for line in headline(claim)] + [f"run: {claims['verdict']}"]
         (path / "console.txt").write_text("\n".join(lines) + "\n")
@@ -82,7 +84,8 @@ def test_write_fills_every_block_and_a_second_write_changes_nothing(tmp_path):
         claims["per_seed"][k]["proxy_n"] = {"value": end, "ci_low": end - 0.05, "ci_high": min(1.0, end + 0.05)}
     (seeds / "claims.json").write_text(json.dumps(claims))
 
-    assert len(ref.write(run, tiny, seeds, root)) == 3
+    assert len(ref.write(run, tiny, seeds, root)) == 4
+    assert (root / "docs" / "quickstart_headline.png").read_bytes() == (run / "report" / "plots" / "headline.png").read_bytes()
     readme = (root / "README.md").read_text()
     assert ref.table_block(run) in readme and "(made before the lock)" not in readme
     assert "run: 3 seed(s) to run" in readme and "Made on AMD EPYC (2 cores" in readme
