@@ -243,18 +243,22 @@ def replace_block(text: str, name: str, body: str, where: Path) -> str:
     return pattern.sub(lambda _: BLOCK.format(name=name, body=body), text, count=1)
 
 
-def write(run: Path, tiny: Path, tiny_seeds: Path, root: Path = REPO) -> list[Path]:
+def write(run: Path | None, tiny: Path | None, tiny_seeds: Path | None, root: Path = REPO) -> list[Path]:
+    """Every block from the quickstart (`run`) and the tiny runs; a part given as None is left as it is."""
     for path in (run, tiny, tiny_seeds):
-        check_locked(read_json(path / "manifest.json"), path)
-    blocks = {"console": console_block(run), "table": table_block(run), "run": run_block(run)}
-    targets = {root / "README.md": blocks,
-               root / "docs" / "results.md": {**blocks, "facts": facts_block(run)},
-               root / "docs" / "reproduce.md": {"tiny": tiny_block(tiny_reference(tiny, tiny_seeds))}}
+        if path is not None:
+            check_locked(read_json(path / "manifest.json"), path)
+    targets: dict[Path, dict[str, str]] = {}
     changed = []
-    figure = read_bytes(run / "report" / "plots" / "headline.png")
-    if not (root / FIGURE).is_file() or (root / FIGURE).read_bytes() != figure:
-        (root / FIGURE).write_bytes(figure)
-        changed.append(root / FIGURE)
+    if run is not None:
+        blocks = {"console": console_block(run), "table": table_block(run), "run": run_block(run)}
+        targets.update({root / "README.md": blocks, root / "docs" / "results.md": {**blocks, "facts": facts_block(run)}})
+        figure = read_bytes(run / "report" / "plots" / "headline.png")
+        if not (root / FIGURE).is_file() or (root / FIGURE).read_bytes() != figure:
+            (root / FIGURE).write_bytes(figure)
+            changed.append(root / FIGURE)
+    if tiny is not None and tiny_seeds is not None:
+        targets[root / "docs" / "reproduce.md"] = {"tiny": tiny_block(tiny_reference(tiny, tiny_seeds))}
     for path, named in targets.items():
         text = original = path.read_text(encoding="utf-8")
         for name, body in named.items():
@@ -315,12 +319,15 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--run", type=Path, default=REPO / "checkpoints" / "quickstart")
     w.add_argument("--tiny", type=Path, default=REPO / "checkpoints" / "tiny")
     w.add_argument("--tiny-seeds", type=Path, default=REPO / "checkpoints" / "tiny-seeds")
+    w.add_argument("--only", choices=["quickstart", "tiny"], help="write only the quickstart's or the tiny runs' blocks")
     c = sub.add_parser("check-tiny", help="compare a tiny run's headline with docs/reproduce.md's")
     c.add_argument("run", type=Path)
     args = parser.parse_args(argv)
     try:
         if args.action == "write":
-            changed = write(args.run, args.tiny, args.tiny_seeds)
+            quickstart, tiny = args.only in (None, "quickstart"), args.only in (None, "tiny")
+            changed = write(args.run if quickstart else None, args.tiny if tiny else None,
+                            args.tiny_seeds if tiny else None)
             print("reference_numbers: " + (f"rewrote {', '.join(str(p.relative_to(REPO)) for p in changed)}"
                                            if changed else "every block already current"))
             return 0

@@ -96,6 +96,9 @@ def test_write_fills_every_block_and_a_second_write_changes_nothing(tmp_path):
     assert documented["bounds"]["proxy_n"] == [round(statistics.fmean(ends) - 3 * statistics.stdev(ends) - 0.05, 2), 1.0]
     assert documented["bounds"]["proxy_1"] == [0.4, 0.5]
     assert ref.write(run, tiny, seeds, root) == []
+    (root / "README.md").write_text("<!-- reference:table -->\nold\n<!-- /reference:table -->\n")
+    assert ref.write(None, tiny, seeds, root) == []  # the tiny runs alone leave the quickstart's blocks be
+    assert "old" in (root / "README.md").read_text()
 
 
 def test_a_run_not_made_with_the_lock_is_refused(tmp_path):
