@@ -1,106 +1,138 @@
 """`report_to: trackio` for PM training, PPO, RLOO and intervene's SFT, offline.
 
-trackio keeps its runs in a local SQLite store (TRACKIO_DIR) unless told of a Space or server; each test trains
-for a few steps with trackio on and reads the run back through trackio's own storage, then compares what it
-logged with what pmopt wrote to metrics.jsonl from the same steps. trackio is an optional extra
-(`pip install -e ".[trackio]"`): these tests skip without it, and fail instead with PMOPT_REQUIRE_TRACKIO=1
-(CI sets it).
+trackio keeps its runs in a local SQLite store (TRACKIO_DIR) unless told of a Space or server. Each test trains
+for a few steps with trackio on, reads the run back through trackio's own storage and compares what it logged
+with what pmopt wrote to metrics.jsonl from the same steps. Training and reading run in a fresh Python: trackio
+reads TRACKIO_DIR once, when it is imported, and TRL imports it as soon as it is installed, so a test process
+that has imported TRL cannot point it anywhere else. trackio is an optional extra (`pip install -e ".[trackio]"`):
+these tests skip without it, and fail instead with PMOPT_REQUIRE_TRACKIO=1 (CI sets it).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
+from conftest import REPO
 from test_ppo import ppo_config
 from test_rloo import rloo_config
 
+from pmopt.config_docs import show_yaml
 from pmopt.io import read_metrics
-from pmopt.rl.command import run_rl
 
 
-@pytest.fixture(scope="module")
-def trackio_storage(tmp_path_factory):
-    """trackio's storage, pointed at a fresh directory and kept off the network."""
+@pytest.fixture
+def store(tmp_path):
     if importlib.util.find_spec("trackio") is None:
         message = "trackio is not installed (pip install -e '.[trackio]')"
         if os.environ.get("PMOPT_REQUIRE_TRACKIO") == "1":
             pytest.fail(message)
         pytest.skip(message)
-    directory = tmp_path_factory.mktemp("trackio")
-    patch = pytest.MonkeyPatch()
-    patch.setenv("TRACKIO_DIR", str(directory))  # read once, when trackio is first imported
-    patch.setenv("HF_HUB_OFFLINE", "1")
-    for name in ("TRACKIO_SPACE_ID", "TRACKIO_SERVER_URL", "TRACKIO_PROJECT"):
-        patch.delenv(name, raising=False)
-    import trackio.utils
-    from trackio.sqlite_storage import SQLiteStorage
-
-    if directory != trackio.utils.TRACKIO_DIR:
-        pytest.fail(f"trackio was imported before this module set TRACKIO_DIR (it logs to {trackio.utils.TRACKIO_DIR})")
-    yield SQLiteStorage
-    patch.undo()
+    return tmp_path / "trackio"
 
 
-def logged(storage, project: str) -> list[dict]:
-    """Every row of the project's one run."""
-    runs = storage.get_runs(project)
-    assert len(runs) == 1, runs
-    return storage.get_logs(project, runs[0])
+def in_fresh_python(store, code: str, **values) -> str:
+    """Run `code` (with `values`, `Path` and `json` in scope) in a new interpreter whose trackio logs to `store`."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TRACKIO_SPACE_ID", "TRACKIO_SERVER_URL", "TRACKIO_PROJECT")}
+    env.update(TRACKIO_DIR=str(store), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    prelude = "import json, sys\nfrom pathlib import Path\nvalues = json.loads(sys.argv[1])\n"
+    done = subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code), json.dumps(values)], env=env,
+                          cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    return done.stdout
+
+
+def trackio_runs(store, project: str) -> dict[str, list[dict]]:
+    """{run name: its logged rows} of one trackio project, read by trackio itself."""
+    out = in_fresh_python(store, """
+        from trackio.sqlite_storage import SQLiteStorage
+        runs = {run: SQLiteStorage.get_logs(values["project"], run) for run in SQLiteStorage.get_runs(values["project"])}
+        print(json.dumps(runs))
+    """, project=project)
+    return json.loads(out.splitlines()[-1])
 
 
 def series(rows: list[dict], key: str) -> list[float]:
-    return [row[key] for row in rows if key in row and isinstance(row[key], (int, float)) and math.isfinite(row[key])]
+    return [row[key] for row in rows if isinstance(row.get(key), (int, float)) and math.isfinite(row[key])]
 
 
-def test_pm_training_logs_its_losses(trackio_storage, tiny_pm_setup, tmp_path):
-    from pmopt.pm.train import train_pm
-
-    cfg = tiny_pm_setup.config(train={"report_to": "trackio", "logging_steps": 2, "max_steps": 6})
-    out = train_pm(cfg, tmp_path / "pm")
-    rows = logged(trackio_storage, "pmopt-train-pm")
+def test_pm_training_logs_its_losses(store, tiny_pm_setup, tmp_path):
+    config, out = tmp_path / "pm.yaml", tmp_path / "pm"
+    config.write_text(show_yaml(tiny_pm_setup.config(train={"report_to": "trackio", "logging_steps": 2,
+                                                              "max_steps": 6})))
+    in_fresh_python(store, """
+        from pmopt.config import load_config
+        from pmopt.pm.train import PMTrainConfig, train_pm
+        train_pm(load_config(PMTrainConfig, values["config"]), Path(values["out"]))
+    """, config=str(config), out=str(out))
+    runs = trackio_runs(store, "pmopt-train-pm")
+    assert list(runs) == [str(out)]  # one run, named by the PM's directory
     ours = series(list(read_metrics(out / "metrics.jsonl")), "pm/loss")
-    assert ours and series(rows, "train/loss") == pytest.approx(ours)
-    assert trackio_storage.get_runs("pmopt-train-pm") == [str(out)]
+    assert len(ours) == 3 and series(runs[str(out)], "train/loss") == pytest.approx(ours)
 
 
-def test_ppo_logs_every_step(trackio_storage, tiny_world, tmp_path):
-    out = run_rl(ppo_config(tiny_world, "report_to=[trackio]", "train.steps=2"), tmp_path / "ppo")
-    rows = logged(trackio_storage, "pmopt-ppo")
+def run_rl_in_fresh_python(store, cfg, out) -> None:
+    config = out.parent / f"{out.name}.yaml"
+    config.write_text(show_yaml(cfg))
+    in_fresh_python(store, """
+        from pmopt.config import load_config
+        from pmopt.rl.command import run_rl
+        from pmopt.rl.config import PPOConfig
+        run_rl(load_config(PPOConfig, values["config"]), Path(values["out"]))
+    """, config=str(config), out=str(out))
+
+
+def test_ppo_logs_every_step(store, tiny_world, tmp_path):
+    out = tmp_path / "ppo"
+    run_rl_in_fresh_python(store, ppo_config(tiny_world, "report_to=[trackio]", "train.steps=2"), out)
+    runs = trackio_runs(store, "pmopt-ppo")
+    assert list(runs) == [str(out)]
     ours = [r for r in read_metrics(out / "metrics.jsonl") if "ppo/kl" in r]
     assert len(ours) == 2
-    assert series(rows, "ppo/kl") == pytest.approx([r["ppo/kl"] for r in ours])
-    assert series(rows, "ppo/reward") == pytest.approx([r["ppo/reward"] for r in ours])
-    assert trackio_storage.get_runs("pmopt-ppo") == [str(out)]
+    for key in ("ppo/kl", "ppo/reward", "ppo/value_loss"):
+        assert series(runs[str(out)], key) == pytest.approx([r[key] for r in ours])
+    assert not any("__step" in row for row in runs[str(out)])  # the step is the x axis, not a metric
 
 
-def test_rloo_logs_its_rewards(trackio_storage, tiny_world, seeded_world_pm, tmp_path):
-    out = run_rl(rloo_config(tiny_world, seeded_world_pm, "report_to=[trackio]"), tmp_path / "rloo")
-    rows = logged(trackio_storage, "pmopt-rloo")
-    ours = [r for r in read_metrics(out / "metrics.jsonl") if "rloo/reward" in r]
-    assert ours and len(series(rows, "train/reward")) == len(ours)
-    assert series(rows, "train/reward") == pytest.approx([r["rloo/reward"] for r in ours])
+def test_rloo_logs_its_rewards(store, tiny_world, seeded_world_pm, tmp_path):
+    out = tmp_path / "rloo"
+    run_rl_in_fresh_python(store, rloo_config(tiny_world, seeded_world_pm, "report_to=[trackio]"), out)
+    runs = trackio_runs(store, "pmopt-rloo")
+    assert list(runs) == [str(out)]
+    ours = [r["rloo/reward"] for r in read_metrics(out / "metrics.jsonl") if "rloo/reward" in r]
+    assert len(ours) == 2 and series(runs[str(out)], "train/reward") == pytest.approx(ours)
 
 
-def test_intervene_sft_logs_its_losses(trackio_storage, tiny_world, tmp_path):
+def test_intervene_sft_logs_its_losses(store, tiny_world, tmp_path):
     from test_intervene import WORLD_CONFIG
 
     from pmopt import sources
     from pmopt.config import load_config
     from pmopt.intervene.config import InterventionConfig
-    from pmopt.intervene.sft import train_policy
     from pmopt.io import atomic_write_jsonl
 
     cfg = load_config(InterventionConfig, WORLD_CONFIG, [f"base.world={tiny_world}", "train.max_steps=4",
                                                           "train.logging_steps=1", "train.report_to=trackio"])
-    data = tmp_path / "sft.jsonl"
+    config, data = tmp_path / "intervene.yaml", tmp_path / "sft.jsonl"
+    config.write_text(show_yaml(cfg))
     atomic_write_jsonl(data, sources.open_path(tiny_world).opinion_examples(64, seed=0))
-    train_policy(cfg, tiny_world / "policy", data, tmp_path)
-    rows = logged(trackio_storage, "pmopt-intervene")
+    in_fresh_python(store, """
+        from pmopt.config import load_config
+        from pmopt.intervene.config import InterventionConfig
+        from pmopt.intervene.sft import train_policy
+        train_policy(load_config(InterventionConfig, values["config"]), Path(values["policy"]), Path(values["data"]),
+                     Path(values["out"]))
+    """, config=str(config), policy=str(tiny_world / "policy"), data=str(data), out=str(tmp_path))
+    runs = trackio_runs(store, "pmopt-intervene")
+    assert list(runs) == [str(tmp_path)]
     ours = series(list(read_metrics(tmp_path / "metrics.jsonl")), "sft/loss")
-    assert len(ours) == 4 and series(rows, "train/loss") == pytest.approx(ours)
+    assert len(ours) == 4 and series(runs[str(tmp_path)], "train/loss") == pytest.approx(ours)
 
 
 def test_report_to_trackio_is_a_config_value_of_each_command():
