@@ -170,7 +170,7 @@ def keys_html(keys: list[KeyDoc]) -> str:
     def cell(text: str) -> str:  # `code` in a help comment stays code
         return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text, quote=False))
 
-    rows = ["<table>", "<thead><tr><th>key</th><th>type = default</th><th>what it sets</th></tr></thead>", "<tbody>"]
+    rows = ['<div class="pmopt-keys" markdown="0"><table>', "<thead><tr><th>key</th><th>type = default</th><th>what it sets</th></tr></thead>", "<tbody>"]
     for doc in keys:
         key = f"<code>{html.escape(doc.key)}</code>"
         if doc.section:
@@ -179,7 +179,7 @@ def keys_html(keys: list[KeyDoc]) -> str:
         where = f" (in each item of <code>{html.escape(doc.item_of)}</code>)" if doc.item_of else ""
         rows.append(f"<tr><td>{key}</td><td><code>{html.escape(doc.type)} = {html.escape(doc.default)}</code></td>"
                     f"<td>{cell(doc.help)}{where}</td></tr>")
-    return "\n".join([*rows, "</tbody>", "</table>"])
+    return "\n".join([*rows, "</tbody>", "</table></div>"])
 
 
 def show_yaml(obj: Any) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -59,8 +60,11 @@ class SFTTrainSection:
     save_steps: int = 50  # steps between Trainer checkpoints (the unit of resume)
     save_total_limit: int | None = 2  # Trainer checkpoints kept (null = all)
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # autocast precision (bf16 / fp16 need a GPU)
+    report_to: Literal["none", "tensorboard", "wandb", "trackio"] = "none"  # also log there (metrics.jsonl always)
 
     def validate(self) -> None:
+        if self.report_to != "none" and importlib.util.find_spec(self.report_to) is None:
+            raise ValueError(f"train.report_to: {self.report_to!r} is not installed (pip install {self.report_to})")
         if not (self.epochs > 0 or self.max_steps > 0):
             raise ValueError("train.epochs: must be > 0")
         if self.batch_size < 1 or self.gradient_accumulation_steps < 1:

@@ -21,7 +21,13 @@ from pmopt.faults import fault_point
 from pmopt.intervene.config import InterventionConfig
 from pmopt.io import PmoptError, append_jsonl, atomic_write_json, read_jsonl
 from pmopt.lora import lora_config
-from pmopt.pm.train import checkpointing_kwargs, latest_trainer_checkpoint, logged_training_loss, use_cpu
+from pmopt.pm.train import (
+    checkpointing_kwargs,
+    latest_trainer_checkpoint,
+    logged_training_loss,
+    tracking_kwargs,
+    use_cpu,
+)
 from pmopt.text import encode, encode_scored, has_chat_template, join, render_prompt, scored_text
 
 DONE_FILE = "pmopt_sft.json"
@@ -67,7 +73,8 @@ def sft_config(cfg: InterventionConfig, output_dir: Path):
         max_grad_norm=t.max_grad_norm, logging_steps=t.logging_steps, save_strategy="steps", save_steps=t.save_steps,
         save_total_limit=t.save_total_limit, bf16=t.mixed_precision == "bf16", fp16=t.mixed_precision == "fp16",
         completion_only_loss=True, max_length=None, packing=False,  # lengths were checked in tokenize_examples
-        **checkpointing_kwargs(SFTConfig, False), report_to="none", disable_tqdm=True, use_cpu=use_cpu(),
+        **checkpointing_kwargs(SFTConfig, False), disable_tqdm=True, use_cpu=use_cpu(),
+        **tracking_kwargs(SFTConfig, t.report_to, "pmopt-intervene", output_dir.parent),
         dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(), remove_unused_columns=False,
     )
 

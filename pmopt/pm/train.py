@@ -114,7 +114,7 @@ class TrainSection:
     center_rewards_coefficient: float | None = None  # Eisenstein et al. 2023, Eq. 2; TRL suggests 0.01
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # autocast precision (bf16 / fp16 need a GPU)
     gradient_checkpointing: bool = False  # recompute activations in the backward pass (less memory, slower)
-    report_to: Literal["none", "tensorboard", "wandb"] = "none"  # also log there (metrics.jsonl always)
+    report_to: Literal["none", "tensorboard", "wandb", "trackio"] = "none"  # also log there (metrics.jsonl always)
     RENAMED: ClassVar[dict[str, str]] = {"grad_accum": "gradient_accumulation_steps"}
 
 
@@ -228,7 +228,7 @@ def _validate_config(cfg: PMTrainConfig) -> None:
     except ValueError as exc:
         raise ConfigError(f"<config>: {exc}") from None
     if cfg.train.report_to != "none" and importlib.util.find_spec(cfg.train.report_to) is None:
-        raise ConfigError(f"train.report_to: {cfg.train.report_to!r} is not installed")
+        raise ConfigError(f"train.report_to: {cfg.train.report_to!r} is not installed (pip install {cfg.train.report_to})")
 
 
 def _source_options(data: DataSection) -> dict:
@@ -422,7 +422,8 @@ def reward_config(cfg: PMTrainConfig, output_dir: Path, seed: int, has_eval: boo
         eval_steps=t.eval_steps if periodic_eval else None,
         center_rewards_coefficient=t.center_rewards_coefficient,
         bf16=t.mixed_precision == "bf16", fp16=t.mixed_precision == "fp16",
-        **checkpointing_kwargs(RewardConfig, t.gradient_checkpointing), report_to=t.report_to,
+        **checkpointing_kwargs(RewardConfig, t.gradient_checkpointing),
+        **tracking_kwargs(RewardConfig, t.report_to, "pmopt-train-pm", output_dir.parent),
         max_length=None,  # lengths were checked (an error, not a silent filter) in tokenize_pairs
         trust_remote_code=cfg.model.trust_remote_code, disable_tqdm=True, use_cpu=use_cpu(),
         ddp_find_unused_parameters=False,  # every trainable parameter (backbone or LoRA, and the head) is used
@@ -436,6 +437,18 @@ def checkpointing_kwargs(args_cls: type, enabled: bool) -> dict:
     (or neither) raises a FutureWarning; older releases know only the old name."""
     names = {f.name for f in dataclasses.fields(args_cls)}
     return {"activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": enabled}
+
+
+def tracking_kwargs(args_cls: type, report_to: str | list[str], project: str, run: Path) -> dict:
+    """`report_to` for a transformers / TRL config. trackio files a run under a project (TrainingArguments'
+    `project`, read by trackio alone) and a run name: the command's name and the run's directory, so that
+    `trackio show --project pmopt-train-pm` lists one run per PM trained."""
+    trackers = [t for t in ([report_to] if isinstance(report_to, str) else report_to) if t != "none"]
+    out: dict = {"report_to": trackers or "none"}
+    names = {f.name for f in dataclasses.fields(args_cls)}
+    if "trackio" in trackers and "project" in names:
+        out.update(project=project, run_name=str(run))
+    return out
 
 
 def latest_trainer_checkpoint(directory: Path) -> Path | None:

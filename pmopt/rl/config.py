@@ -161,8 +161,8 @@ class PPOConfig:
     # checkpoint frequency and retention
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     rloo: RLOOSection = field(default_factory=RLOOSection)  # settings used when method is rloo
-    # also log to tensorboard and/or wandb (metrics.jsonl is always written)
-    report_to: list[Literal["tensorboard", "wandb"]] = field(default_factory=list)
+    # also log to tensorboard, wandb and/or trackio (metrics.jsonl is always written)
+    report_to: list[Literal["tensorboard", "wandb", "trackio"]] = field(default_factory=list)
     threads: int = 0  # torch CPU threads during the run (restored after); 0 leaves torch's setting
 
     def validate(self) -> None:

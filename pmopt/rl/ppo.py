@@ -188,7 +188,8 @@ def train(cfg: PPOConfig, out: Path, reward_fn=None) -> Path:
         if accelerator.is_main_process:
             append_jsonl(out / "metrics.jsonl", metrics)
             show_progress(bar, metrics)
-        accelerator.log(metrics, step=step)
+        # the step is the trackers' x axis, not a metric (trackio reserves the name)
+        accelerator.log({k: v for k, v in metrics.items() if k != "step"}, step=step)
 
         # ------------------------------------------------------------ 4f. probes
         if accelerator.is_main_process and probes.due(step):

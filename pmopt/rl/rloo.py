@@ -62,7 +62,7 @@ TRANSFORMERS_SCHEDULES = {"constant": "constant_with_warmup", "linear": "linear"
 def rloo_args(cfg: PPOConfig, out: Path, num_processes: int):
     from trl import RLOOConfig
 
-    from pmopt.pm.train import checkpointing_kwargs
+    from pmopt.pm.train import checkpointing_kwargs, tracking_kwargs
 
     t, upi = cfg.train, updates_per_step(cfg)
     return RLOOConfig(
@@ -76,7 +76,8 @@ def rloo_args(cfg: PPOConfig, out: Path, num_processes: int):
         top_k=cfg.sampling.top_k, top_p=cfg.sampling.top_p, reward_weights=[1.0, 0.0],
         logging_steps=upi, save_strategy="steps", save_steps=cfg.checkpoint.every * upi,
         save_total_limit=cfg.checkpoint.keep, bf16=t.mixed_precision == "bf16", fp16=t.mixed_precision == "fp16",
-        **checkpointing_kwargs(RLOOConfig, False), report_to=list(cfg.report_to) or "none", disable_tqdm=True,
+        **checkpointing_kwargs(RLOOConfig, False), **tracking_kwargs(RLOOConfig, cfg.report_to, "pmopt-rloo", out),
+        disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(), remove_unused_columns=False, disable_dropout=True,
         trust_remote_code=cfg.policy.trust_remote_code, dataloader_num_workers=0,
     )

@@ -79,7 +79,9 @@ def start_run(cfg: PPOConfig, out: Path, accelerator) -> Manifest | None:
         manifest.set("seed", cfg.seed)
         manifest.mark(STAGE, "running", processes=accelerator.num_processes, method=cfg.method)
     if cfg.report_to:
-        accelerator.init_trackers("pmopt-ppo", config=flat_config(to_dict(cfg)))
+        # trackio names a run; the others take the project's name alone
+        init_kwargs = {"trackio": {"name": str(out)}} if "trackio" in cfg.report_to else {}
+        accelerator.init_trackers("pmopt-ppo", config=flat_config(to_dict(cfg)), init_kwargs=init_kwargs)
     accelerator.wait_for_everyone()
     return manifest
 
