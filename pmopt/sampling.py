@@ -39,7 +39,9 @@ class VllmSection:
     gpu_memory_utilization: float = 0.9  # GPU: share of the GPU's memory the engine may take (weights + KV cache)
     max_model_len: int | None = None  # longest prompt + response in tokens; null = the model's own limit
     max_num_seqs: int | None = None  # sequences decoded together; null = vLLM's default
-    enforce_eager: bool = False  # true: no CUDA graphs / torch.compile (faster start, slower decoding)
+    # true: no CUDA graphs / torch.compile (faster start, slower decoding); null: true on CPU (compiling
+    # took 100 s of a start there, benchmarks/BENCHMARKS.md), false on GPUs
+    enforce_eager: bool | None = None
     # CPU only: the KV cache in GiB (VLLM_CPU_KVCACHE_SPACE); vLLM's own default takes most of the memory
     cpu_kvcache_space_gib: int = 1
     # CPU only: VLLM_CPU_OMP_THREADS_BIND; nobind leaves threads to the OS (vLLM's auto pins them and keeps

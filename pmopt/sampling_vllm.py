@@ -134,7 +134,8 @@ class Engine:
             self.llm = LLM(model=key.path, tokenizer=key.path, dtype=checkpoint_dtype(key.path, section), seed=0,
                            tensor_parallel_size=section.tensor_parallel_size,
                            gpu_memory_utilization=section.gpu_memory_utilization,
-                           max_model_len=section.max_model_len, enforce_eager=section.enforce_eager,
+                           max_model_len=section.max_model_len,
+                           enforce_eager=self.on_cpu if section.enforce_eager is None else section.enforce_eager,
                            trust_remote_code=key.trust_remote_code, logprobs_mode="processed_logprobs",
                            **kwargs)
         finally:
