@@ -70,7 +70,7 @@ class SamplingConfig:
     batch_size: int = 256  # sequences per forward pass
     # passed to the chat template's apply_chat_template (e.g. {enable_thinking: false})
     chat_template_kwargs: dict = field(default_factory=dict)
-    # pmopt: this module's keyed sampler; vllm: vLLM's offline engine (docs/vllm.md), set up by `vllm`
+    # pmopt: pmopt's own sampler (keyed random streams); vllm: vLLM's offline engine (docs/vllm.md)
     backend: Literal["pmopt", "vllm"] = "pmopt"
     vllm: VllmSection = field(default_factory=VllmSection)  # the engine, when backend is vllm
 

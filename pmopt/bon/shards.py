@@ -134,12 +134,11 @@ def _sampler_policy(cfg, device, world_size: int):
     if cfg.sampling.backend != "vllm":
         return load_policy(cfg.policy_path(), dtype=cfg.policy_dtype, attn_implementation=cfg.attn_implementation,
                            device=str(device) if device is not None else None, trust_remote_code=cfg.trust_remote_code)
-    import torch
-
-    if world_size > 1 and torch.cuda.is_available():
-        # vLLM's in-process engine takes the first visible GPU whatever the process's rank
-        raise PmoptError("sampling.backend: vllm runs in one process on GPUs: drop accelerate launch and set "
-                         "sampling.vllm.tensor_parallel_size to the number of GPUs (docs/vllm.md)")
+    if world_size > 1:
+        # vLLM's in-process engine joins its own process group and takes the first visible GPU whatever the
+        # process's rank; it spreads a model over GPUs itself (tensor_parallel_size)
+        raise PmoptError("sampling.backend: vllm runs in one process: drop accelerate launch (on GPUs, set "
+                         "sampling.vllm.tensor_parallel_size to the number of GPUs; docs/vllm.md)")
     return cfg.policy_path(), load_tokenizer(cfg.policy_path(), cfg.trust_remote_code)
 
 
