@@ -227,6 +227,10 @@ def run_rloo(cfg: PPOConfig, out: str | Path, reward_fn=None) -> Path:
         truncate_logs(out, None if checkpoint is None else int(checkpoint.name.split("-")[-1]) // updates_per_step(cfg))
     state.wait_for_everyone()
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
+    if cfg.sampling.backend == "vllm":  # TRL's engine: its memory and process group go back now
+        from pmopt.sampling_vllm import close_llm
+
+        close_llm(trainer.vllm_generation.llm)
     if state.is_main_process:
         export_policy(trainer.accelerator.unwrap_model(trainer.model), tokenizer, out / "policy")
         write_curves_csv(out, STAGE)
