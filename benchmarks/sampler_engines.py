@@ -15,7 +15,8 @@ Shapes (random weights, built here, saved with save_pretrained; a word-level tok
 - world: the world policy's shape (2 layers, hidden 96) with 3 heads, not 4: vLLM's CPU attention has no
   kernel for the world's head size 24 (it takes 32, 64, 80, ...); vocab 128;
 - llama-32k: a 4-layer, 512-wide Llama (8 heads of 64) with a 32,000 vocabulary;
-- qwen-152k: a 2-layer, 256-wide Qwen2 (4 heads of 64, tied embeddings) with Qwen's 151,936 vocabulary.
+- vocab-152k: a 2-layer, 256-wide Llama (4 heads of 64, tied embeddings) with Qwen's 151,936 vocabulary (a
+  Llama, not a Qwen2: transformers 5 loads a saved Qwen2 tokenizer as Qwen's BPE class, not this word-level one).
 Every method samples at temperature 1 with no top-k / top-p, up to `tokens` new tokens, stopping on EOS.
 """
 
@@ -35,12 +36,13 @@ from pathlib import Path
 SHAPES = {
     "world": dict(arch="llama", vocab=128, hidden=96, layers=2, heads=3, intermediate=256),
     "llama-32k": dict(arch="llama", vocab=32_000, hidden=512, layers=4, heads=8, intermediate=1376),
-    "qwen-152k": dict(arch="qwen2", vocab=151_936, hidden=256, layers=2, heads=4, intermediate=512),
+    "vocab-152k": dict(arch="llama", vocab=151_936, hidden=256, layers=2, heads=4, intermediate=512, tied=True),
 }
 METHODS = ("pmopt", "vllm", "generate")
 
 
-def build(directory: Path, arch: str, vocab: int, hidden: int, layers: int, heads: int, intermediate: int) -> Path:
+def build(directory: Path, arch: str, vocab: int, hidden: int, layers: int, heads: int, intermediate: int,
+          tied: bool = False) -> Path:
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import (
@@ -60,7 +62,7 @@ def build(directory: Path, arch: str, vocab: int, hidden: int, layers: int, head
                   num_key_value_heads=heads, intermediate_size=intermediate, max_position_embeddings=512,
                   pad_token_id=0, eos_token_id=2)
     torch.manual_seed(0)
-    model = (LlamaForCausalLM(LlamaConfig(**common, bos_token_id=1)) if arch == "llama"
+    model = (LlamaForCausalLM(LlamaConfig(**common, bos_token_id=1, tie_word_embeddings=tied)) if arch == "llama"
              else Qwen2ForCausalLM(Qwen2Config(**common, tie_word_embeddings=True)))
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
