@@ -1,7 +1,7 @@
 """Benchmark: pmopt's sampler, vLLM's engine (`sampling.backend: vllm`) and transformers' `generate` batched
 across prompts, side by side on CPU, at three model shapes and two N.
 
-    python benchmarks/sampler_engines.py [--shapes world,llama-32k,qwen-152k] [--n 16,64] [--prompts 16]
+    python benchmarks/sampler_engines.py [--shapes world,llama-32k,vocab-152k] [--n 16,64] [--prompts 16]
         [--tokens 32] [--json out.json]
 
 Run it in vLLM's environment (docs/vllm.md). Each (shape, method) runs in a fresh subprocess, so its peak
