@@ -296,6 +296,7 @@ def validate_experiment(cfg: ExperimentConfig, run: Path) -> None:
         _validate_config(pm_cfg)  # trackers installed
     check_section("bon", bon_config(cfg, run))
     check_bon_probes(cfg.bon.probes)
+    check_vllm_world(cfg)
     if cfg.probes.enabled:
         check_section("probes", probe_config(cfg, run))
         known_probes("probes.probes", cfg.probes.probes)
@@ -305,6 +306,27 @@ def validate_experiment(cfg: ExperimentConfig, run: Path) -> None:
         for ppo_cfg in ppo_configs(cfg, run).values():
             check_ppo_inputs(ppo_cfg)
             check_betas(cfg.ppo.betas, ppo_cfg)
+
+
+def check_vllm_world(cfg: ExperimentConfig) -> None:
+    """A stage sampling with vLLM needs vLLM here, and on CPU a world policy whose attention heads vLLM's CPU
+    kernels take: both are known before the world is built."""
+    stages = [(name, section.sampling) for name, section in (("bon", cfg.bon), ("probes", cfg.probes))
+              if section.sampling.backend == "vllm" and (name == "bon" or cfg.probes.enabled)]
+    if not stages:
+        return
+    from types import SimpleNamespace
+
+    from pmopt.sampling_vllm import cpu_head_size_problem, require_vllm
+
+    for name, _ in stages:
+        require_vllm(f"experiment config: {name}.sampling.backend")
+    policy = cfg.world.policy
+    problem = cpu_head_size_problem(SimpleNamespace(hidden_size=policy.hidden_size, num_attention_heads=policy.num_heads))
+    if problem:
+        raise PmoptError(f"experiment config: {stages[0][0]}.sampling.backend: vllm: {problem} (world.policy.hidden_size"
+                         f" / world.policy.num_heads); set world.policy.num_heads so that it is one of those, or "
+                         "sampling.backend: pmopt")
 
 
 # ----------------------------------------------------------------------------- the job

@@ -8,6 +8,9 @@ float round-off in the logits). The decode loop uses the KV cache and left-pads 
 explicit position ids so a padded prompt is positioned exactly as an unpadded one. Each distinct prompt
 of a batch is prefilled once and its cache copied to its samples; finished sequences leave the batch.
 
+`sampling.backend: vllm` hands the same call to vLLM's offline engine (`pmopt.sampling_vllm`, docs/vllm.md):
+the same prompts, stop ids, response text and log-probabilities of the distribution sampled, drawn by vLLM.
+
 A sequence finishes on any stop id (`stop_token_ids`): the tokenizer's EOS, every id of the model's
 `generation_config.eos_token_id` (an int or a list: Llama 3 lists <|eot_id|> beside <|end_of_text|>) and the
 token the chat template closes an assistant turn with (ChatML's <|im_end|>, Gemma's <end_of_turn>), so an
@@ -19,10 +22,43 @@ from __future__ import annotations
 import hashlib
 import inspect
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 
 from pmopt.text import Text, encode, end_of_turn_ids, render_prompt
+
+
+@dataclass
+class VllmSection:
+    """How vLLM's offline engine is built when `sampling.backend` is vllm (docs/vllm.md)."""
+
+    # engine weights; auto = the checkpoint's (vLLM's own auto runs float32 checkpoints in 16 bits)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    tensor_parallel_size: int = 1  # GPUs one engine splits the model across (1 on CPU)
+    gpu_memory_utilization: float = 0.9  # GPU: share of the GPU's memory the engine may take (weights + KV cache)
+    max_model_len: int | None = None  # longest prompt + response in tokens; null = the model's own limit
+    max_num_seqs: int | None = None  # sequences decoded together; null = vLLM's default
+    # true: no CUDA graphs / torch.compile (faster start, slower decoding); null: true on CPU (compiling
+    # took 100 s of a start there, benchmarks/BENCHMARKS.md), false on GPUs
+    enforce_eager: bool | None = None
+    # CPU only: the KV cache in GiB (VLLM_CPU_KVCACHE_SPACE); vLLM's own default takes most of the memory
+    cpu_kvcache_space_gib: int = 1
+    # CPU only: VLLM_CPU_OMP_THREADS_BIND; nobind leaves threads to the OS (vLLM's auto pins them and keeps
+    # one core per NUMA node for itself, which starves a small machine)
+    cpu_omp_threads_bind: str = "nobind"
+
+    def validate(self) -> None:
+        if self.tensor_parallel_size < 1:
+            raise ValueError("sampling.vllm.tensor_parallel_size must be >= 1")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError("sampling.vllm.gpu_memory_utilization must be in (0, 1]")
+        if self.max_model_len is not None and self.max_model_len < 2:
+            raise ValueError("sampling.vllm.max_model_len must be >= 2")
+        if self.max_num_seqs is not None and self.max_num_seqs < 1:
+            raise ValueError("sampling.vllm.max_num_seqs must be >= 1")
+        if self.cpu_kvcache_space_gib < 1:
+            raise ValueError("sampling.vllm.cpu_kvcache_space_gib must be >= 1")
 
 
 @dataclass
@@ -34,8 +70,14 @@ class SamplingConfig:
     batch_size: int = 256  # sequences per forward pass
     # passed to the chat template's apply_chat_template (e.g. {enable_thinking: false})
     chat_template_kwargs: dict = field(default_factory=dict)
+    # pmopt: pmopt's own sampler (keyed random streams); vllm: vLLM's offline engine (docs/vllm.md)
+    backend: Literal["pmopt", "vllm"] = "pmopt"
+    vllm: VllmSection = field(default_factory=VllmSection)  # the engine, when backend is vllm
 
     def validate(self) -> None:
+        if self.backend not in ("pmopt", "vllm"):
+            raise ValueError(f"sampling.backend must be pmopt or vllm, got {self.backend!r}")
+        self.vllm.validate()
         if self.temperature <= 0:
             raise ValueError("sampling.temperature must be > 0")
         if not 0 < self.top_p <= 1:
@@ -211,11 +253,16 @@ def sample(model, tokenizer, prompts: list[Text], n: int, cfg: SamplingConfig, s
     """`n` samples for every prompt, batched across prompts; `out[i][j]` is sample j of prompt i.
 
     `keys` name the prompts' random streams (default: their index); give stable ids so a prompt's
-    samples are the same whichever subset or shard of prompts it is sampled with.
+    samples are the same whichever subset or shard of prompts it is sampled with. With backend vllm,
+    `model` may be the policy's path instead of a loaded model (the engine loads it itself).
     """
     keys = keys if keys is not None else [str(i) for i in range(len(prompts))]
     if len(keys) != len(prompts):
         raise ValueError("keys and prompts differ in length")
+    if cfg.backend == "vllm":
+        from pmopt.sampling_vllm import sample as sample_with_vllm
+
+        return sample_with_vllm(model, tokenizer, prompts, n, cfg, seed, keys)
     stops = stop_token_ids(model, tokenizer, cfg.chat_template_kwargs)
     stop_ids = torch.tensor(stops, dtype=torch.long)
     pad_id = next(i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, stops[0]) if i is not None)
@@ -238,3 +285,21 @@ def sample(model, tokenizer, prompts: list[Text], n: int, cfg: SamplingConfig, s
             results[i][j] = Generation(response, row, logp, len(row), fin)
     model.train(was_training)
     return results  # type: ignore[return-value]
+
+
+def weights_changed(model, cfg: SamplingConfig) -> None:
+    """Tell the sampler that `model`'s weights changed in memory (an optimizer step, a resumed checkpoint):
+    a vLLM engine serving it loads them before it samples again. pmopt's own sampler reads the model."""
+    if cfg.backend == "vllm":
+        from pmopt.sampling_vllm import weights_changed as engine_is_stale
+
+        engine_is_stale(model)
+
+
+def close_engines() -> None:
+    """Stop the vLLM engine of this process, if one was started (frees its weights and KV cache)."""
+    import sys
+
+    engine_module = sys.modules.get("pmopt.sampling_vllm")
+    if engine_module is not None:
+        engine_module.shutdown()

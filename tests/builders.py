@@ -115,6 +115,28 @@ def save_qwen2_causal_lm(directory, tokenizer, seed: int = 0, hidden_size: int =
     return directory
 
 
+def save_llama_causal_lm(directory, tokenizer, seed: int = 0, hidden_size: int = 32, num_layers: int = 2,
+                         num_heads: int = 4):
+    """A randomly initialised LlamaForCausalLM sized for a `llama3`-family `tokenizer`, saved as Llama 3 Instruct
+    ships: its generation_config stops on <|end_of_text|> and <|eot_id|> (the template's end of turn)."""
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    stops = [tokenizer.convert_tokens_to_ids(t) for t in ("<|end_of_text|>", "<|eot_id|>")]
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=num_layers,
+                         num_attention_heads=num_heads, num_key_value_heads=num_heads,
+                         intermediate_size=2 * hidden_size, max_position_embeddings=2048, tie_word_embeddings=False,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=stops)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).eval()
+    model.generation_config = GenerationConfig(eos_token_id=stops, bos_token_id=tokenizer.bos_token_id,
+                                               do_sample=True, temperature=0.6, top_p=0.9)
+    directory = Path(directory)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
 def save_bert_seq_cls(directory, tokenizer, seed: int = 0, hidden_size: int = 32):
     """A randomly initialised 1-label BertForSequenceClassification saved as published reward models ship
     (save_pretrained: config.json, model.safetensors, tokenizer files)."""

@@ -22,6 +22,17 @@ def require_shared(relative: str) -> Path:
     return path
 
 
+def require_vllm() -> None:
+    """vLLM importable (the second environment of docs/vllm.md): skip where it is not, fail in its CI run."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        message = "vLLM is not installed here (tests marked vllm run in the environment of docs/vllm.md)"
+        if os.environ.get("PMOPT_REQUIRE_VLLM") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     require_shared("")

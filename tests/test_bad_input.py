@@ -81,6 +81,18 @@ def truncated_gzip(records: list[dict]) -> bytes:
     return whole[: len(whole) // 2]
 
 
+def without_vllm(argv: list[str]) -> list[str]:
+    """A case about vLLM missing: it runs where vLLM is not installed (the main environment)."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed here")
+    return argv
+
+
+VLLM_MISSING = ["sampling.backend", "vllm", "not installed", "sampling.backend: pmopt"]
+
+
 def records_file(env: Env, name: str, content) -> list[str]:
     return ["--input", str(env.write(name, content))]
 
@@ -158,6 +170,11 @@ CASES: dict[str, Callable[[Env], tuple[list[str], list[str]]]] = {
                                                ["bon.sampling.temperature"]),
     "run-bon-probe-second-turn": lambda e: (["run", str(TINY_RUN), "--set", "bon.probes=[are_you_sure]"],
                                             ["bon.probes", "are_you_sure"]),
+    "run-bon-vllm-missing": lambda e: (without_vllm(["run", str(TINY_RUN), "--set", "bon.sampling.backend=vllm"]),
+                                       ["bon.sampling.backend", *VLLM_MISSING[1:]]),
+    "bon-vllm-missing": lambda e: (without_vllm(e.bon_args("sampling.backend=vllm")), VLLM_MISSING),
+    "probe-vllm-missing": lambda e: (without_vllm(e.probe_args("--set", "sampling.backend=vllm")), VLLM_MISSING),
+    "ppo-vllm-missing": lambda e: (without_vllm(e.ppo_args("sampling.backend=vllm")), VLLM_MISSING),
     "run-unknown-probe": lambda e: (["run", str(TINY_RUN), "--set", "probes.probes=[flattery]"],
                                     ["probes.probes", "flattery"]),
     "run-ppo-config-missing": lambda e: (["run", str(TINY_RUN), "--set", "ppo.enabled=true", "--set",

@@ -25,7 +25,7 @@ from pmopt import console
 from pmopt.faults import fault_point
 from pmopt.io import PmoptError, RecordError, atomic_write_json, atomic_write_jsonl, iter_jsonl
 from pmopt.records import validate_sample
-from pmopt.sampling import sample
+from pmopt.sampling import close_engines, sample
 
 SAMPLES_DIR = "samples"
 META_FILE = "meta.json"
@@ -109,11 +109,7 @@ def generate_shards(out: str | Path, records: list[dict], shard_ids: list[int], 
     """Sample and write the given shards (this process's share); the policy loads only if needed."""
     if not shard_ids:
         return []
-    from pmopt.policy import load_policy
-
-    model, tokenizer = load_policy(cfg.policy_path(), dtype=cfg.policy_dtype, attn_implementation=cfg.attn_implementation,
-                                   device=str(device) if device is not None else None,
-                                   trust_remote_code=cfg.trust_remote_code)
+    model, tokenizer = _sampler_policy(cfg, device, world_size)
     where = f" (process {rank} of {world_size})" if world_size > 1 else ""
     started = time.perf_counter()
     for k in console.bar(shard_ids, desc=f"bon: sample {cfg.n_max} per prompt{where}", unit="shard", position=rank):
@@ -126,7 +122,24 @@ def generate_shards(out: str | Path, records: list[dict], shard_ids: list[int], 
                       {"rank": rank, "world_size": world_size, "shards": list(shard_ids),
                        "seconds": round(time.perf_counter() - started, 3)})
     del model
+    close_engines()  # a vLLM engine's memory goes back before the PMs load
     return list(shard_ids)
+
+
+def _sampler_policy(cfg, device, world_size: int):
+    """(model, tokenizer) to sample with: the loaded policy, or with backend vllm its path (the engine loads
+    the weights itself, so the policy is not held twice)."""
+    from pmopt.policy import load_policy, load_tokenizer
+
+    if cfg.sampling.backend != "vllm":
+        return load_policy(cfg.policy_path(), dtype=cfg.policy_dtype, attn_implementation=cfg.attn_implementation,
+                           device=str(device) if device is not None else None, trust_remote_code=cfg.trust_remote_code)
+    if world_size > 1:
+        # vLLM's in-process engine joins its own process group and takes the first visible GPU whatever the
+        # process's rank; it spreads a model over GPUs itself (tensor_parallel_size)
+        raise PmoptError("sampling.backend: vllm runs in one process: drop accelerate launch (on GPUs, set "
+                         "sampling.vllm.tensor_parallel_size to the number of GPUs; docs/vllm.md)")
+    return cfg.policy_path(), load_tokenizer(cfg.policy_path(), cfg.trust_remote_code)
 
 
 # ----------------------------------------------------------------------------- gathering

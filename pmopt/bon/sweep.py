@@ -200,11 +200,17 @@ class SweepPlan:
 
 
 def sampling_identity(sampling: SamplingConfig) -> dict:
-    """The sampling settings samples depend on; empty chat_template_kwargs are left out, so samples drawn
-    before that setting existed keep their meta and key."""
+    """The sampling settings samples depend on. Settings added later are left out at their old default (empty
+    chat_template_kwargs, backend pmopt), so samples drawn before they existed keep their meta and key; of
+    the vLLM engine's settings only its dtype changes the draws (its memory and batch sizes do not)."""
     settings = to_dict(sampling)
     if not settings.get("chat_template_kwargs"):
         settings.pop("chat_template_kwargs", None)
+    engine = settings.pop("vllm")
+    if settings["backend"] == "pmopt":
+        settings.pop("backend")
+    else:
+        settings["vllm_dtype"] = engine["dtype"]
     return settings
 
 
@@ -215,6 +221,10 @@ def plan_sweep(cfg: BonConfig) -> SweepPlan:
 
     _validate(cfg)
     check_model_path(cfg.policy_path(), "policy")
+    if cfg.sampling.backend == "vllm":
+        from pmopt.sampling_vllm import check_policy
+
+        check_policy(cfg.policy_path(), trust_remote_code=cfg.trust_remote_code)
     source = sources.open_path(cfg.world, "world") if cfg.world else None
     probes = {name: get_probe(name) for name in cfg.probes}
     records, probe_of = [], []

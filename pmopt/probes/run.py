@@ -38,7 +38,7 @@ from pmopt.probes.base import Probe, Sample, mean_outcomes
 from pmopt.probes.judges import EXACT, Judge, JudgeConfig, grade_batched, make_judge
 from pmopt.probes.registry import DEFAULT_PROBES, get_probes
 from pmopt.probes.stats import bootstrap_metrics
-from pmopt.sampling import SamplingConfig
+from pmopt.sampling import SamplingConfig, close_engines
 
 
 @dataclass
@@ -257,6 +257,10 @@ def run_probe_config(cfg: ProbeRunConfig, out: str | Path | None = None) -> Path
     sources = resolve_sources(cfg)
     sets = load_probe_sets(cfg.probes, sources, cfg.max_prompts)
     check_judge(sets, cfg.judge)
+    if cfg.sampling.backend == "vllm":
+        from pmopt.sampling_vllm import check_policy
+
+        check_policy(cfg.policy, trust_remote_code=cfg.trust_remote_code)
 
     from pmopt.policy import load_policy
 
@@ -271,6 +275,7 @@ def run_probe_config(cfg: ProbeRunConfig, out: str | Path | None = None) -> Path
                             for name, (probe, records) in sets.items()})
     manifest.mark("probe", "running")
     grades, metrics = evaluate(model, tokenizer, sets, cfg, judge, log=print)
+    close_engines()
     atomic_write_jsonl(out / "grades.jsonl", grades)
     fault_point("probe.write")
     atomic_write_json(out / "metrics.json", _json_safe(metrics))

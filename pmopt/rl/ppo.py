@@ -9,7 +9,9 @@ Read top to bottom (cleanrl style); the math lives in `ppo_math.py`, batches in 
    model (scalar head initialised from the policy or the PM), the reward (PM, ensemble or gold)
 3. optimizer, LR schedule, `accelerator.prepare`; resume from the newest complete checkpoint
 4. per iteration:
-   a. rollout: sample one response per prompt (streams keyed by seed, step and prompt position)
+   a. rollout: sample one response per prompt (streams keyed by seed, step and prompt position), with
+      pmopt's sampler or a colocated vLLM engine that loads the policy's weights after every update;
+      the log-probs PPO trains on are the policy's own, recomputed in 4b, never the engine's
    b. score: PM score at the end of the response - beta * per-token KL; EOS penalty (Ziegler et al. 2019)
    c. advantages: GAE (gamma = 1, lambda = 0.95), whitened (Schulman et al. 2016)
    d. update: `ppo_epochs` passes over shuffled minibatches, clipped policy and value losses
@@ -60,7 +62,7 @@ from pmopt.rl.setup import (
     load_reward,
     start_run,
 )
-from pmopt.sampling import sample
+from pmopt.sampling import close_engines, sample, weights_changed
 
 
 class NonFiniteError(PmoptError):
@@ -132,6 +134,7 @@ def train(cfg: PPOConfig, out: Path, reward_fn=None) -> Path:
               else ppo_math.FixedKLController(cfg.kl.beta))
     manifest = start_run(cfg, out, accelerator)
     start = resume(out, accelerator, core, optimizer, scheduler, kl_ctl, cfg.train.steps)
+    weights_changed(core.policy, cfg.sampling)  # a vLLM rollout engine starts from the policy's directory
     if accelerator.is_main_process and start == 0:
         write_probes(out, probes.evaluate(core.policy, ref_model, 0), accelerator)
     accelerator.wait_for_everyone()
@@ -177,6 +180,7 @@ def train(cfg: PPOConfig, out: Path, reward_fn=None) -> Path:
                    "returns": returns}
         lr = scheduler.get_last_lr()[0]  # the learning rate of this step's first update
         stats = update(cfg, accelerator, model, optimizer, scheduler, batch, rollout, sizes, step, out)
+        weights_changed(core.policy, cfg.sampling)  # a vLLM engine loads them before the next rollout
         timer.lap("update")
 
         # ------------------------------------------------------------ 4e. log; adapt beta
@@ -207,6 +211,7 @@ def train(cfg: PPOConfig, out: Path, reward_fn=None) -> Path:
         write_curves_csv(out, STAGE)
         manifest.mark(STAGE, "done", steps=cfg.train.steps)
     accelerator.wait_for_everyone()
+    close_engines()  # before end_training, which takes down the process group the engine joined
     accelerator.end_training()
     return out
 

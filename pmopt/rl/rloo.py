@@ -12,6 +12,9 @@ Units are mapped so that one pmopt "step" is one RLOO iteration over `train.roll
 sequences (the same number PPO samples per step): `generation_batch_size = rollout_batch_size`,
 `num_iterations = ppo_epochs`, one optimizer update per `minibatch_size` sequences. The probe schedule
 (a TrainerCallback) and the curve rows are PPO's, with `rl_method: "rloo"`.
+
+`sampling.backend: vllm` generates the rollouts with TRL's own vLLM integration (colocate mode, one engine in
+each training process, weights loaded from the policy after each optimizer step; docs/vllm.md).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from pmopt.rl.evaluation import ProbeSchedule, write_probes
 from pmopt.rl.models import disable_dropout, load_policy_and_reference
 from pmopt.rl.prompts import load_training_prompts
 from pmopt.rl.setup import STAGE, check_inputs, finite_scores, gold_reward_at, load_reward, start_run
+from pmopt.sampling import stop_token_ids
 from pmopt.text import render_prompt
 
 
@@ -59,13 +63,14 @@ def check_rloo_config(cfg: PPOConfig, num_processes: int) -> None:
 TRANSFORMERS_SCHEDULES = {"constant": "constant_with_warmup", "linear": "linear"}
 
 
-def rloo_args(cfg: PPOConfig, out: Path, num_processes: int):
+def rloo_args(cfg: PPOConfig, out: Path, num_processes: int, stop_ids: list[int] | None = None):
     from trl import RLOOConfig
 
     from pmopt.pm.train import checkpointing_kwargs, tracking_kwargs
 
     t, upi = cfg.train, updates_per_step(cfg)
     return RLOOConfig(
+        **vllm_kwargs(cfg, stop_ids),
         output_dir=str(out / "checkpoints"), seed=cfg.seed, data_seed=cfg.seed,
         max_steps=t.steps * upi, learning_rate=t.learning_rate, lr_scheduler_type=TRANSFORMERS_SCHEDULES[t.lr_schedule],
         warmup_steps=t.warmup_steps, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
@@ -81,6 +86,35 @@ def rloo_args(cfg: PPOConfig, out: Path, num_processes: int):
         use_cpu=not torch.cuda.is_available(), remove_unused_columns=False, disable_dropout=True,
         trust_remote_code=cfg.policy.trust_remote_code, dataloader_num_workers=0,
     )
+
+
+def vllm_kwargs(cfg: PPOConfig, stop_ids: list[int] | None) -> dict:
+    """TRL's own vLLM generation (colocate mode: an engine in each training process) when
+    `sampling.backend` is vllm, stopping on pmopt's stop ids (EOS ids and the template's end of turn)."""
+    if cfg.sampling.backend != "vllm":
+        return {}
+    engine = cfg.sampling.vllm
+    return {"use_vllm": True, "vllm_mode": "colocate", "vllm_gpu_memory_utilization": engine.gpu_memory_utilization,
+            "vllm_tensor_parallel_size": engine.tensor_parallel_size, "vllm_max_model_length": engine.max_model_len,
+            "generation_kwargs": {"stop_token_ids": list(stop_ids or [])}}
+
+
+def use_vllm_engine(cfg: PPOConfig, trainer) -> None:
+    """On CPU, TRL's colocated engine takes new weights through vLLM's layerwise reload (see
+    `pmopt.sampling_vllm.push_weights`): TRL's own per-tensor `load_weights` fails there."""
+    if cfg.sampling.backend != "vllm":
+        return
+    from pmopt.sampling_vllm import push_weights
+
+    generation = trainer.vllm_generation
+
+    def sync_weights():
+        push_weights(generation.llm, trainer.accelerator.unwrap_model(trainer.model))
+
+    from vllm.platforms import current_platform
+
+    if current_platform.is_cpu():
+        generation.sync_weights = sync_weights
 
 
 # ----------------------------------------------------------------------------- reward functions
@@ -166,17 +200,25 @@ def run_rloo(cfg: PPOConfig, out: str | Path, reward_fn=None) -> Path:
     reward_fn = reward_fn or load_reward(cfg, state.device)
     # TRL keeps its own reference when beta > 0 (or disables the adapters under LoRA); the probes need one too.
     reference = reference if (cfg.kl.beta == 0 and not cfg.policy.lora.enabled) else None
-    probes = ProbeSchedule(cfg, tokenizer, reward_fn, gold_reward_at(cfg.probe_world), rl_method="rloo")
+    # probes sample with pmopt's sampler: TRL's engine serves the rollouts, and a second one would not fit
+    probe_cfg = replace(cfg, sampling=replace(cfg.sampling, backend="pmopt"))
+    probes = ProbeSchedule(probe_cfg, tokenizer, reward_fn, gold_reward_at(cfg.probe_world), rl_method="rloo")
     kwargs = cfg.sampling.chat_template_kwargs
     dataset = Dataset.from_dict({"prompt": [render_prompt(r["prompt"], tokenizer, chat_template_kwargs=kwargs)
                                             for r in records],
                                  "prompt_index": list(range(len(records)))})
     callback = CurvesCallback(cfg, out, probes, reference)
+    if cfg.sampling.backend == "vllm":
+        from pmopt.sampling_vllm import cpu_environment
+
+        cpu_environment(cfg.sampling.vllm)
+    stops = stop_token_ids(policy, tokenizer, kwargs)
     trainer = RLOOTrainer(
         model=policy, reward_funcs=reward_funcs(cfg, reward_fn, records, tokenizer.eos_token_id),
-        args=rloo_args(cfg, out, state.num_processes), train_dataset=dataset, processing_class=tokenizer,
+        args=rloo_args(cfg, out, state.num_processes, stops), train_dataset=dataset, processing_class=tokenizer,
         peft_config=_peft_config(cfg), callbacks=[callback],
     )
+    use_vllm_engine(cfg, trainer)
     disable_dropout(trainer.model)
     console.quiet_trainer(trainer, f"rloo: {cfg.reward_label}", {"reward": "reward", "kl": "kl"})
     callback.trainer = trainer
@@ -186,6 +228,10 @@ def run_rloo(cfg: PPOConfig, out: str | Path, reward_fn=None) -> Path:
         truncate_logs(out, None if checkpoint is None else int(checkpoint.name.split("-")[-1]) // updates_per_step(cfg))
     state.wait_for_everyone()
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
+    if cfg.sampling.backend == "vllm":  # TRL's engine: its memory and process group go back now
+        from pmopt.sampling_vllm import close_llm
+
+        close_llm(trainer.vllm_generation.llm)
     if state.is_main_process:
         export_policy(trainer.accelerator.unwrap_model(trainer.model), tokenizer, out / "policy")
         write_curves_csv(out, STAGE)

@@ -46,6 +46,10 @@ def check_inputs(cfg: PPOConfig) -> None:
     from pmopt.probes.run import load_probe_sets
 
     check_model_path(cfg.policy.path, "policy.path")
+    if cfg.sampling.backend == "vllm":
+        from pmopt.sampling_vllm import check_policy
+
+        check_policy(cfg.policy.path, "sampling.backend", cfg.policy.trust_remote_code)
     if cfg.reward.kind == "pm" and not Path(cfg.reward.path).exists():
         raise PmoptError(f"reward.path: {cfg.reward.path} does not exist (a `pmopt train-pm` output directory)")
     if cfg.reward.kind not in registered_kinds():  # a data source's reward: the source must offer it
