@@ -13,7 +13,9 @@ One sampling pass feeds every n and every PM (Nakano et al. 2021 App. G; Gao et 
             rescored, so adding a PM to a finished sweep scores only it and generates nothing;
 5. curves   for every PM and n in the grid: the probes' metrics of the per-prompt expectations
             E[f(BoN_n)], `pm/score`, `gold/reward` (on the world) and the KL bound, with bootstrap CIs
-            over prompts -> `curves.jsonl` and `curves.csv` (docs/ARCHITECTURE.md §4 curve rows, method "bon").
+            over prompts -> `curves.jsonl` and `curves.csv` (docs/ARCHITECTURE.md §4 curve rows, method "bon");
+6. drift    per PM, the drift its scores predict before any optimisation (within-prompt covariances, exact
+            best-of-2 drift, the PM's preference on the policy's own samples) -> `drift.json` (`pmopt.bon.drift`).
 
 Under several processes, PM scoring (step 4) and an LM judge's grading (step 3) are split across them
 in chunks that do not depend on the process count (`pmopt.bon.distribute`), so the files are
@@ -37,6 +39,7 @@ from typing import Literal
 
 from pmopt import console, sources
 from pmopt.bon.curves import curve_rows, support_mass
+from pmopt.bon.drift import DRIFT_FILE, drift_report
 from pmopt.bon.estimator import default_n_grid
 from pmopt.bon.grades import load_or_grade
 from pmopt.bon.scoring import gold_rewards, load_or_score
@@ -50,12 +53,19 @@ from pmopt.bon.shards import (
 )
 from pmopt.config import ConfigError, dump_yaml, load_config, to_dict
 from pmopt.faults import fault_point
-from pmopt.io import Manifest, PmoptError, agreed_out_dir, atomic_write_text, prepare_out_dir
+from pmopt.io import (
+    Manifest,
+    PmoptError,
+    agreed_out_dir,
+    atomic_write_json,
+    atomic_write_text,
+    prepare_out_dir,
+)
 from pmopt.pm.loading import PMLoadOptions
 from pmopt.policy import AttnImplementation
 from pmopt.probes.judges import JudgeConfig
 from pmopt.records import write_curves
-from pmopt.rewards import AGGREGATES, PM_KINDS, RewardSpec, registered_kinds
+from pmopt.rewards import AGGREGATES, PENALTY_KIND, PM_KINDS, RewardSpec, registered_kinds
 from pmopt.sampling import SamplingConfig
 from pmopt.sources import OpenSource
 
@@ -82,8 +92,12 @@ class PMEntry(RewardSpec):
             raise ValueError(f"pms.{self.name}: kind must be a non-empty string")
         if self.kind in PM_KINDS and not self.path:
             raise ValueError(f"pms.{self.name}: path is required for kind {self.kind}")
-        if self.kind != "ensemble" and (self.aggregate is not None or self.lam is not None):
-            raise ValueError(f"pms.{self.name}: aggregate / lam apply to kind ensemble only")
+        if self.kind != "ensemble" and self.aggregate is not None:
+            raise ValueError(f"pms.{self.name}: aggregate applies to kind ensemble only")
+        if self.kind not in ("ensemble", PENALTY_KIND) and self.lam is not None:
+            raise ValueError(f"pms.{self.name}: lam applies to kinds ensemble and {PENALTY_KIND} only")
+        if self.kind == PENALTY_KIND and not self.path:
+            raise ValueError(f"pms.{self.name}: path (the PM the penalty corrects) is required for kind {PENALTY_KIND}")
         if self.aggregate is not None and self.aggregate not in AGGREGATES:
             raise ValueError(f"pms.{self.name}: aggregate must be one of {list(AGGREGATES)}, got {self.aggregate!r}")
         if self.lam is not None and self.lam < 0:
@@ -235,7 +249,7 @@ def plan_sweep(cfg: BonConfig) -> SweepPlan:
     prefixes, specs, sourced = {}, {}, set()
     for entry in cfg.pms:
         specs[entry.name] = entry
-        if entry.kind in PM_KINDS:
+        if entry.kind in PM_KINDS or entry.kind == PENALTY_KIND:
             _check_pm_path(entry)
         elif entry.kind not in registered_kinds():  # a data source's own reward, e.g. the world's gold
             specs[entry.name] = _source_reward_spec(entry, source, records)
@@ -380,10 +394,23 @@ def _finish(out: Path, plan: SweepPlan, state) -> Path:
     rows = curve_rows(plan, scores, grades, gold, samples)
     write_curves(out, rows, "bon")
     _mark(out, "curves", rows=len(rows), support_mass=support_mass(samples))
+    write_drift(out, plan, scores, grades, gold)
     Manifest(out).mark("bon", "done")
     console.info(f"bon: {len(plan.records)} prompts x {plan.cfg.n_max} samples, {len(scores)} PMs, "
           f"n in {plan.grid}: {len(rows)} curve rows in {out / 'curves.jsonl'}")
     return out
+
+
+def write_drift(out: Path, plan: SweepPlan, scores: dict, grades: list[list[dict]], gold) -> None:
+    """drift.json: the drift each reward predicts from these base samples (`pmopt.bon.drift`)."""
+    penalties = {}
+    for entry in plan.cfg.pms:
+        path = out / "scores" / f"{entry.name}.penalty.json"
+        if entry.kind == PENALTY_KIND and path.is_file():
+            penalties[entry.name] = json.loads(path.read_text(encoding="utf-8"))
+    started = time.perf_counter()
+    atomic_write_json(out / DRIFT_FILE, drift_report(plan, scores, grades, gold, penalties))
+    _mark(out, "drift", seconds=round(time.perf_counter() - started, 2))
 
 
 def _judge(cfg: BonConfig, device):
