@@ -271,6 +271,43 @@ def test_agreement_penalty_as_an_rl_reward(tiny_world, pms):
         agreement_grade({"x": 1}, "the answer is 3")
 
 
+def test_kl_to_a_reference_policy(finished, tiny_world, pms, monkeypatch, tmp_path):
+    """reference_policy: each sample's log-ratio log π′(y) − log π₀(y) by teacher forcing (π′'s reproduces the
+    sampler's recorded log-probability), and kl/reference = the bound + the selected sample's expected log-ratio."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    reference = tmp_path / "reference"
+    model = AutoModelForCausalLM.from_pretrained(tiny_world / "policy")
+    with torch.no_grad():
+        generator = torch.Generator().manual_seed(0)
+        for weight in model.parameters():
+            weight.add_(0.05 * torch.randn(weight.shape, generator=generator))
+    model.save_pretrained(reference)
+    shutil.copytree(tiny_world / "policy", reference, dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("*.safetensors", "config.json", "generation_config.json"))
+    out = tmp_path / "sweep"
+    shutil.copytree(finished, out)
+    monkeypatch.setattr(shards_module, "sample", lambda *a, **k: pytest.fail("generation was called"))
+    run_bon(make_cfg(tiny_world, pms, reference_policy=str(reference)), out)
+    meta = json.loads((out / "reference.json").read_text())
+    assert meta["token_count_matches"] == meta["n_samples"] == 4 * PROMPTS_PER_PROBE * N_MAX
+    assert meta["max_recorded_logprob_gap"] < 1e-3
+    rows_ = read_jsonl(out / "reference.jsonl")
+    ratio = np.array([r["policy_logprob"] - r["reference_logprob"] for r in rows_]).reshape(-1, N_MAX)
+    assert np.abs(ratio).max() > 0.01  # the perturbed policy is another distribution
+    proxy = np.array([r["score"] for r in read_jsonl(out / "scores" / "proxy.jsonl")]).reshape(-1, N_MAX)
+    rows = curves(out)
+    assert value(rows, "proxy", "kl/reference", 1) == pytest.approx(ratio.mean(), abs=1e-12)
+    best = [max(range(N_MAX), key=lambda j, s=s: (s[j], j)) for s in proxy]
+    top = np.mean([r[b] for r, b in zip(ratio, best, strict=True)])
+    assert value(rows, "proxy", "kl/reference", N_MAX) == pytest.approx(math.log(N_MAX) - (N_MAX - 1) / N_MAX + top)
+    with pytest.raises(ConfigError, match="temperature 1"):
+        plan_sweep(make_cfg(tiny_world, pms, reference_policy=str(reference), sampling={"temperature": 0.7}))
+
+
 # ----------------------------------------------------------------------------- caching
 
 

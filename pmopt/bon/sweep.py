@@ -14,6 +14,7 @@ One sampling pass feeds every n and every PM (Nakano et al. 2021 App. G; Gao et 
 5. curves   for every PM and n in the grid: the probes' metrics of the per-prompt expectations
             E[f(BoN_n)], `pm/score`, `gold/reward` (on the world) and the KL bound, with bootstrap CIs
             over prompts -> `curves.jsonl` and `curves.csv` (docs/ARCHITECTURE.md §4 curve rows, method "bon");
+            with `reference_policy`, `kl/reference`: the KL to that policy (`pmopt.bon.reference`);
 6. drift    per PM, the drift its scores predict before any optimisation (within-prompt covariances, exact
             best-of-2 drift, the PM's preference on the policy's own samples) -> `drift.json` (`pmopt.bon.drift`).
 
@@ -38,6 +39,7 @@ from pathlib import Path
 from typing import Literal
 
 from pmopt import console, sources
+from pmopt.bon import reference
 from pmopt.bon.curves import curve_rows, support_mass
 from pmopt.bon.drift import DRIFT_FILE, drift_report
 from pmopt.bon.estimator import default_n_grid
@@ -137,10 +139,17 @@ class BonConfig(BonSettings):
     attn_implementation: AttnImplementation | None = None  # policy and PMs; None = transformers' default
     trust_remote_code: bool = False  # allow the model repos' own Python code
     pm_load: PMLoadOptions = field(default_factory=PMLoadOptions)  # how every PM loads (dtype, max_length, ...)
+    # a policy the KL is also measured to, e.g. the base a sampled policy was fine-tuned from: curves get kl/reference
+    # (the bound plus the selected sample's expected log-ratio, pmopt.bon.reference); needs temperature 1
+    reference_policy: str | None = None
 
     def validate(self) -> None:
         if not self.policy and not self.world:
             raise ValueError("policy: required (or give world, whose policy/ is then used)")
+        if self.reference_policy and (self.sampling.temperature != 1.0 or self.sampling.top_k
+                                      or self.sampling.top_p < 1.0):
+            raise ValueError("reference_policy: the KL to a reference is measured on the policy's own samples "
+                             "(sampling.temperature 1, top_k 0, top_p 1)")
         if self.n_max < 1:
             raise ValueError("n_max must be >= 1")
         grid = self.grid()
@@ -229,6 +238,8 @@ def plan_sweep(cfg: BonConfig) -> SweepPlan:
 
     _validate(cfg)
     check_model_path(cfg.policy_path(), "policy")
+    if cfg.reference_policy:
+        check_model_path(cfg.reference_policy, "reference_policy")
     source = sources.open_path(cfg.world, "world") if cfg.world else None
     probes = {name: get_probe(name) for name in cfg.probes}
     records, probe_of = [], []
@@ -392,6 +403,10 @@ def _finish(out: Path, plan: SweepPlan, state) -> Path:
     if not main:
         return out
     rows = curve_rows(plan, scores, grades, gold, samples)
+    if plan.cfg.reference_policy:
+        ratio = reference.load_or_compute(out, plan, samples, device)
+        rows += [row for pm, pm_scores in scores.items() for row in reference.reference_rows(
+            pm, pm_scores, ratio, plan.grid, plan.cfg.n_boot, plan.cfg.seed, plan.cfg.ci)]
     write_curves(out, rows, "bon")
     _mark(out, "curves", rows=len(rows), support_mass=support_mass(samples))
     write_drift(out, plan, scores, grades, gold)
