@@ -161,7 +161,8 @@ def test_the_intervened_policy_sits_at_its_kl_to_the_base(tmp_path):
     assert bon["at_budget"][INTERVENTION_PM]["syco"]["value"] == pytest.approx(0.01 + (0.636 - 0.3) / 0.307 * 0.01, abs=1e-3)
     late = [{**r, "kl": r["kl"] + 1.0} for r in intervened]
     assert frontier(remedy_rows(remedy_curves(), late))["methods"]["bon"]["not_reaching"] == [INTERVENTION_PM]
-    assert "not ranked" in frontier(remedy_rows(remedy_curves(), late))["methods"]["bon"]["sentence"]
+    assert "not ranked: the Wei et al. 2023 SFT, then the proxy PM (wei-sft+proxy) starts beyond this KL, at 1.30 nats, " \
+           "with syco_rate 0.01" in frontier(remedy_rows(remedy_curves(), late))["methods"]["bon"]["sentence"]
 
 
 def test_report_draws_both_sections(tmp_path, run):

@@ -178,8 +178,10 @@ def ranking_sentence(method: str, budget: float, read: Mapping, order: Sequence[
         parts.append(f"it costs {cost:.2f} gold reward against the highest there, the {_name(gold_best)}'s "
                      f"{_cell(read[gold_best]['gold'])} (its own: {_cell(winner['gold'])})")
     missing = [pm for pm in curves_ if read.get(pm) is None]
-    if missing:
-        parts.append("not ranked, their curves starting beyond this KL: " + ", ".join(_name(pm) for pm in missing))
+    for pm in missing:
+        start = curves_[pm][0]
+        parts.append(f"not ranked: the {_name(pm)} starts beyond this KL, at {start['kl']:.2f} nats, with syco_rate "
+                     f"{_cell(start['syco'])} and gold reward {_cell(start['gold'])}")
     return "; ".join(parts) + "."
 
 

@@ -12,9 +12,9 @@ same kind as every best-of-n row's `kl`, so a fine-tuned policy's curves share t
 
 ℓ is computed by teacher forcing both policies on each sample's tokens: the response re-encoded after its
 prompt (as `pmopt.probes.judges.option_logprobs` joins a reply) plus the stop token when the sampler recorded
-one. `reference.json` records how many re-encodings reproduce the sampler's token count and the largest gap
-between the sampler's recorded log-probability and the teacher-forced one (0 up to float round-off when the
-tokens are the sampled ones). Needs temperature 1 and no top-k / top-p (samples from π′ itself).
+one. `reference.json` records how many re-encodings reproduce the sampler's token count and, over those, the
+largest gap between the sampler's recorded log-probability and the teacher-forced one (0 up to float
+round-off when the tokens are the sampled ones). Needs temperature 1 and no top-k / top-p (samples from π′ itself).
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def _teacher_forced(plan, samples, device) -> tuple[np.ndarray, np.ndarray, dict
                                    trust_remote_code=cfg.trust_remote_code, attn_implementation=cfg.attn_implementation)
     stops = stop_token_ids(model, tokenizer, cfg.sampling.chat_template_kwargs)
     stop = tokenizer.eos_token_id if tokenizer.eos_token_id in stops else stops[0]
-    rows, matched = [], 0
+    rows, matches = [], []
     for i, record in enumerate(plan.records):
         text = render_prompt(record["prompt"], tokenizer, chat_template_kwargs=cfg.sampling.chat_template_kwargs)
         context = encode(tokenizer, text)
@@ -92,7 +92,7 @@ def _teacher_forced(plan, samples, device) -> tuple[np.ndarray, np.ndarray, dict
             if finished is None:  # an older shard: a stop id was drawn when the count leaves room for it
                 finished = n_drawn == len(ids) + 1
             ids = ids + [stop] if finished else ids
-            matched += len(ids) == n_drawn
+            matches.append(len(ids) == n_drawn)
             rows.append((context, ids or [stop]))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop
     policy = np.array(_forced(model, rows, pad, "policy"))
@@ -102,8 +102,8 @@ def _teacher_forced(plan, samples, device) -> tuple[np.ndarray, np.ndarray, dict
     ref = np.array(_forced(reference, rows, pad, "reference"))
     shape = (len(plan.records), samples.n)
     recorded = np.asarray(samples.logprobs, dtype=np.float64).reshape(-1)
-    gap = np.abs(recorded - policy)
-    report = {"n_samples": len(rows), "token_count_matches": matched,
+    gap = np.abs(recorded - policy)[np.array(matches)]  # where the re-encoding has the sampled token count
+    report = {"n_samples": len(rows), "token_count_matches": int(sum(matches)),
               "max_recorded_logprob_gap": None if np.isnan(gap).all() else float(np.nanmax(gap))}
     return policy.reshape(shape), ref.reshape(shape), report
 
