@@ -44,6 +44,16 @@ def cpu_seconds(fn, repeats: int) -> tuple[float, float, object]:
     return best_cpu, best_wall, result
 
 
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("bon_dir", type=Path)
@@ -87,7 +97,7 @@ def main() -> None:
     manifest = json.loads((bon / "manifest.json").read_text())["stages"]
     sampling = manifest.get("bon/samples", {}).get("seconds") if manifest.get("bon/samples", {}).get("generated") else None
 
-    machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} "
+    machine = (f"{cpu_model()}, {os.cpu_count()} CPUs, torch {torch.__version__} "
                f"(1 thread), load average {os.getloadavg()[0]:.2f}")
     print(f"machine: {machine}; {len(plan.records)} prompts x N = {cfg.n_max} ({n_samples} samples), "
           f"{len(cfg.pms)} rewards, n_boot {cfg.n_boot}; CPU s = min of {args.repeats} (PM pass: 1 run)\n")
