@@ -294,7 +294,7 @@ def test_kl_to_a_reference_policy(finished, tiny_world, pms, monkeypatch, tmp_pa
     run_bon(make_cfg(tiny_world, pms, reference_policy=str(reference)), out)
     meta = json.loads((out / "reference.json").read_text())
     assert meta["token_count_matches"] == meta["n_samples"] == 4 * PROMPTS_PER_PROBE * N_MAX
-    assert meta["max_recorded_logprob_gap"] < 1e-3
+    assert meta["max_recorded_logprob_gap"] < 1e-3 and meta["recorded_logprob_gaps_over_1e-3"] == 0
     rows_ = read_jsonl(out / "reference.jsonl")
     ratio = np.array([r["policy_logprob"] - r["reference_logprob"] for r in rows_]).reshape(-1, N_MAX)
     assert np.abs(ratio).max() > 0.01  # the perturbed policy is another distribution

@@ -13,8 +13,9 @@ same kind as every best-of-n row's `kl`, so a fine-tuned policy's curves share t
 ℓ is computed by teacher forcing both policies on each sample's tokens: the response re-encoded after its
 prompt (as `pmopt.probes.judges.option_logprobs` joins a reply) plus the stop token when the sampler recorded
 one. `reference.json` records how many re-encodings reproduce the sampler's token count and, over those, the
-largest gap between the sampler's recorded log-probability and the teacher-forced one (0 up to float
-round-off when the tokens are the sampled ones). Needs temperature 1 and no top-k / top-p (samples from π′ itself).
+largest gap between the sampler's recorded log-probability and the teacher-forced one and how many exceed
+1e-3 (0 up to float round-off when the tokens are the sampled ones; on the default world 0-7 of 14,080 samples
+a seed re-encode into other tokens of the same count, and their ℓ is that of the re-encoded sequence). Needs temperature 1 and no top-k / top-p (samples from π′ itself).
 """
 
 from __future__ import annotations
@@ -104,7 +105,8 @@ def _teacher_forced(plan, samples, device) -> tuple[np.ndarray, np.ndarray, dict
     recorded = np.asarray(samples.logprobs, dtype=np.float64).reshape(-1)
     gap = np.abs(recorded - policy)[np.array(matches)]  # where the re-encoding has the sampled token count
     report = {"n_samples": len(rows), "token_count_matches": int(sum(matches)),
-              "max_recorded_logprob_gap": None if np.isnan(gap).all() else float(np.nanmax(gap))}
+              "max_recorded_logprob_gap": None if np.isnan(gap).all() else float(np.nanmax(gap)),
+              "recorded_logprob_gaps_over_1e-3": int((gap > 1e-3).sum())}  # re-encoded into other tokens
     return policy.reshape(shape), ref.reshape(shape), report
 
 
