@@ -27,12 +27,13 @@ def cell(point) -> str:
 
 
 def frontier_tables(result: dict) -> list[str]:
-    lines = ["| remedy | method | KL at the end | syco_rate at the end | gold at the end | syco_rate at equal KL | "
-             "gold at equal KL |", "|---|---|---:|---:|---:|---:|---:|"]
+    lines = ["| remedy | method | KL at the start | KL at the end | syco_rate at the end | gold at the end | "
+             "syco_rate at equal KL | gold at equal KL |", "|---|---|---:|---:|---:|---:|---:|---:|"]
     for curve in result["curves"]:
         method, pm, last = curve["method"], curve["pm"], curve["points"][-1]
         at = result["methods"].get(method, {}).get("at_budget", {}).get(pm)
-        lines.append(f"| {result['remedies'].get(pm, pm)} (`{pm}`) | {method} | {last['kl']:.2f} | {cell(last['syco'])} | "
+        lines.append(f"| {result['remedies'].get(pm, pm)} (`{pm}`) | {method} | {curve['points'][0]['kl']:.2f} | "
+                     f"{last['kl']:.2f} | {cell(last['syco'])} | "
                      f"{cell(last['gold'])} | {cell(at['syco']) if at else '—'} | {cell(at['gold']) if at else '—'} |")
     lines.append("")
     lines += [f"> {m['sentence']}" for m in result["methods"].values()]
