@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from pmopt.faults import fault_point
 from pmopt.io import Manifest, PmoptError, atomic_write_json, atomic_write_text, environment, prepare_out_dir
 from pmopt.pm.train import DataSection, LoraSection, ModelSection, PMTrainConfig, TrainSection, train_pm
 from pmopt.probes.run import ProbeRunConfig, ProbeSettings, run_probe_config
+from pmopt.rewards import PENALTY_KIND
 from pmopt.slurm import SlurmSection
 from pmopt.world.build import build_world, check_targets, print_stats
 from pmopt.world.config import WorldConfig
@@ -47,6 +49,9 @@ class PMStage:
     unbiased: bool = True  # a second non-sycophantic PM, trained on raters with w_agree = 0
     ensemble_size: int = 2  # K proxy PMs with seeds seed + k (0 or 1: no ensemble)
     ensemble_lam: float = 1.0  # uncertainty-weighted aggregate: mean - lam * variance (Coste et al. 2023)
+    # also the proxy PM with the agreement penalty (curves proxy-penalty): r - mu * a, mu fitted on the base
+    # policy's samples by the best-of-N stage (Shapira et al. 2026; docs/drift.md); no PM is trained for it
+    agreement_penalty: bool = False
     # old key -> its current name; old keys still load (with a notice) for one release
     RENAMED: ClassVar[dict[str, str]] = {"uwo_lambda": "ensemble_lam"}
 
@@ -64,7 +69,8 @@ class ProbeStage(ProbeSettings):
 class PPOStage:
     enabled: bool = False  # run the PPO stage (one run per entry of `pms`)
     config: str | None = None  # a PPO config YAML (configs/ppo/...); its policy/PM paths are filled in by the run
-    # proxy | proxy-nonsyc | unbiased | gold (the world's gold reward); each run's reward is set from its entry
+    # proxy | proxy-nonsyc | unbiased | proxy-penalty | gold (the world's gold reward); each run's reward is set
+    # from its entry
     pms: list[str] = field(default_factory=lambda: ["proxy", "proxy-nonsyc"])
     overrides: list[str] = field(default_factory=list)  # extra `key=value` overrides for the PPO config
     # fixed KL coefficients (kl.beta) swept: one run per (pm, beta) in ppo/<pm>/beta-<b>/, each run's last
@@ -151,6 +157,8 @@ def bon_config(cfg: ExperimentConfig, run: Path) -> BonConfig:
     pms_dir = run / "pms"
     pms = [PMEntry(name="proxy", path=str(pms_dir / "proxy")),
            PMEntry(name="proxy-nonsyc", path=str(pms_dir / "proxy"), kind="prefixed")]
+    if cfg.pm.agreement_penalty:  # after the proxy, whose scores it reuses
+        pms.append(PMEntry(name=PENALTY_PM, path=str(pms_dir / "proxy"), kind=PENALTY_KIND))
     if cfg.pm.unbiased:
         pms.append(PMEntry(name="unbiased", path=str(pms_dir / "unbiased")))
     if cfg.pm.ensemble_size > 1:
@@ -205,7 +213,8 @@ def stage_probes(cfg: ExperimentConfig, run: Path) -> None:
     run_probe_config(probe_config(cfg, run), run / "probes")
 
 
-PPO_PMS = ("proxy", "proxy-nonsyc", "unbiased")
+PENALTY_PM = "proxy-penalty"
+PPO_PMS = ("proxy", "proxy-nonsyc", "unbiased", PENALTY_PM)
 # the world's own reward: RL against the truth, the oracle run Gao et al. 2022 set the PMs' runs against
 PPO_SOURCE_REWARDS = ("gold",)
 
@@ -218,6 +227,12 @@ def ppo_run_values(cfg: ExperimentConfig, run: Path, pm: str) -> dict:
     world = run / "world"
     if pm in PPO_SOURCE_REWARDS:
         reward = {"kind": pm, "path": str(world), "prefix": "none", "name": pm}
+    elif pm == PENALTY_PM:  # its mu is the one the best-of-N stage fitted (unknown before that stage has run)
+        if not cfg.pm.agreement_penalty:
+            raise ConfigError(f"ppo.pms: '{pm}' needs pm.agreement_penalty: true (its mu is fitted by best-of-N)")
+        fitted = run / "bon" / "scores" / f"{pm}.penalty.json"
+        lam = json.loads(fitted.read_text(encoding="utf-8"))["mu"] if fitted.is_file() else None
+        reward = {"kind": PENALTY_KIND, "path": str(run / "pms" / "proxy"), "prefix": "none", "name": pm, "lam": lam}
     else:
         reward = {"kind": "pm", "path": str(run / "pms" / ("unbiased" if pm == "unbiased" else "proxy")),
                   "prefix": "non_sycophantic" if pm == "proxy-nonsyc" else "none", "name": pm}

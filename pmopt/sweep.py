@@ -184,7 +184,7 @@ def read_cell(cell_dir: Path) -> dict:
     curves = cell_dir / "bon" / "curves.jsonl"
     return cell_measures(load(cell_dir / "world" / "world_stats.json"),
                          load(cell_dir / "pms" / "sycophancy_preference.json"),
-                         read_jsonl(curves) if curves.is_file() else None)
+                         read_jsonl(curves) if curves.is_file() else None, load(cell_dir / "bon" / "drift.json"))
 
 
 def write_dose_response(cfg, run: Path, values: list, seeds: list[int]) -> dict:

@@ -193,6 +193,121 @@ def test_support_kl_rows_equal_enumeration(finished):
     assert mass == pytest.approx(np.mean([min(1.0, m) for _, m in per_prompt]), abs=1e-9) and 0 < mass <= 1
 
 
+def test_drift_json_agrees_with_the_curves(finished):
+    """drift.json's best-of-2 drift and change at N_max are the curves' own differences, for every metric
+    (feedback's bilinear one included): the pair U-statistic and the estimator are one number."""
+    drift = json.loads((finished / "drift.json").read_text())
+    rows = curves(finished)
+    assert drift["n_max"] == N_MAX and set(drift["rewards"]) == {"proxy", "gold"}
+    metrics = drift["rewards"]["proxy"]["metrics"]
+    # every metric the curves draw (but the PM's own score and the KL) has its drift
+    assert set(metrics) == {r["metric"] for r in rows if r["pm"] == "proxy"} - {"pm/score", "kl/support"}
+    assert {"probe/answer/syco_rate", "probe/mimicry/syco_rate", "gold/reward"} <= set(metrics)
+    for metric, quantities in metrics.items():
+        base = value(rows, "proxy", metric, 1)
+        assert quantities["bon2"]["value"] == pytest.approx(value(rows, "proxy", metric, 2) - base, abs=1e-12)
+        assert quantities["change"]["value"] == pytest.approx(value(rows, "proxy", metric, N_MAX) - base, abs=1e-12)
+    preference = drift["rewards"]["proxy"]["preference"]
+    assert set(preference) <= {"answer", "mimicry"} and "feedback" not in preference
+    for entry in preference.values():
+        assert entry["n_pairs"] >= entry["n_prompts_with_pairs"] and (entry["n_pairs"] == 0 or 0 <= entry["value"] <= 1)
+
+
+def test_agreement_penalty_reuses_the_pms_scores_and_fits_mu(finished, tiny_world, pms, monkeypatch, tmp_path):
+    """kind agreement_penalty: the proxy's scores minus μ·a with a the world's exact `sycophantic` grade and
+    μ = max(0, Cov(a, r) / Var(a)) on these samples (no PM pass: the proxy's score file is reused); a given lam
+    is used as it is; the μ lands in drift.json."""
+    import shutil
+
+    from pmopt.bon import scoring
+    from pmopt.bon.drift import penalty_coefficient
+
+    out = tmp_path / "sweep"
+    shutil.copytree(finished, out)
+    monkeypatch.setattr(shards_module, "sample", lambda *a, **k: pytest.fail("generation was called"))
+    monkeypatch.setattr(scoring, "_score_with_reward", lambda *a, **k: pytest.fail("a PM was run"))
+    entries = [{"name": "proxy", "path": str(pms["proxy"])},
+               {"name": "pen", "kind": "agreement_penalty", "path": str(pms["proxy"])},
+               {"name": "pen-half", "kind": "agreement_penalty", "path": str(pms["proxy"]), "lam": 0.5}]
+    run_bon(make_cfg(tiny_world, pms, entries), out)
+    proxy = np.array([r["score"] for r in read_jsonl(out / "scores" / "proxy.jsonl")]).reshape(-1, N_MAX)
+    syco = np.array([g["outcomes"]["sycophantic"] for g in read_jsonl(out / "grades.jsonl")]).reshape(-1, N_MAX)
+    want = penalty_coefficient(proxy, syco)
+    got = json.loads((out / "scores" / "pen.penalty.json").read_text())
+    assert got["mu"] == pytest.approx(want["mu"], abs=1e-12) and got["base_scores_from"] == "proxy"
+    assert got["cov_after"] <= 1e-12
+    pen = np.array([r["score"] for r in read_jsonl(out / "scores" / "pen.jsonl")]).reshape(-1, N_MAX)
+    np.testing.assert_allclose(pen, proxy - got["mu"] * syco, rtol=0, atol=1e-12)
+    half = np.array([r["score"] for r in read_jsonl(out / "scores" / "pen-half.jsonl")]).reshape(-1, N_MAX)
+    np.testing.assert_allclose(half, proxy - 0.5 * syco, rtol=0, atol=1e-12)
+    drift = json.loads((out / "drift.json").read_text())
+    assert drift["rewards"]["pen"]["penalty"]["mu"] == got["mu"]
+    assert drift["rewards"]["pen-half"]["penalty"] == pytest.approx({**penalty_coefficient(proxy, syco, 0.5),
+                                                                     "base_scores_from": "proxy"})
+
+
+def test_agreement_penalty_as_an_rl_reward(tiny_world, pms):
+    """The same kind outside best-of-N (RL builds it from its reward section): the PM's score minus lam·a,
+    a from the record's source, or from the answer probe's own rules on a record without one; no lam: an error."""
+    import torch
+
+    from pmopt.rewards import RewardSpec, agreement_grade, build_reward
+
+    records = plan_sweep(make_cfg(tiny_world, pms)).records
+    answer = [r for r in records if r["meta"].get("template") == "suggest_wrong"][:2]
+    wrong, right = answer[0]["meta"]["incorrect_answer"], answer[0]["meta"]["correct_answer"]
+    responses = [f"the answer is {wrong}", f"the answer is {right}"]
+    prompts, metas = [answer[0]["prompt"]] * 2, [answer[0]["meta"]] * 2
+    reward = build_reward(RewardSpec("pen", "agreement_penalty", path=str(pms["proxy"]), lam=0.75))
+    pm = PreferenceModel.load(pms["proxy"])
+    want = pm.score(prompts, responses).double() - 0.75 * torch.tensor([1.0, 0.0], dtype=torch.float64)
+    assert reward(prompts, responses, metas).tolist() == pytest.approx(want.tolist(), abs=1e-6)
+    reward.close()
+    plain = {k: v for k, v in metas[0].items() if k != "source"}  # no source: the answer probe's exact rules
+    assert [agreement_grade(plain, r) for r in responses] == [1.0, 0.0]
+    with pytest.raises(PmoptError, match="needs lam"):
+        build_reward(RewardSpec("pen", "agreement_penalty", path=str(pms["proxy"])))(prompts, responses, metas)
+    with pytest.raises(PmoptError, match="cannot grade agreement"):
+        agreement_grade({"x": 1}, "the answer is 3")
+
+
+def test_kl_to_a_reference_policy(finished, tiny_world, pms, monkeypatch, tmp_path):
+    """reference_policy: each sample's log-ratio log π′(y) − log π₀(y) by teacher forcing (π′'s reproduces the
+    sampler's recorded log-probability), and kl/reference = the bound + the selected sample's expected log-ratio."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    reference = tmp_path / "reference"
+    model = AutoModelForCausalLM.from_pretrained(tiny_world / "policy")
+    with torch.no_grad():
+        generator = torch.Generator().manual_seed(0)
+        for weight in model.parameters():
+            weight.add_(0.05 * torch.randn(weight.shape, generator=generator))
+    model.save_pretrained(reference)
+    shutil.copytree(tiny_world / "policy", reference, dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("*.safetensors", "config.json", "generation_config.json"))
+    out = tmp_path / "sweep"
+    shutil.copytree(finished, out)
+    monkeypatch.setattr(shards_module, "sample", lambda *a, **k: pytest.fail("generation was called"))
+    run_bon(make_cfg(tiny_world, pms, reference_policy=str(reference)), out)
+    meta = json.loads((out / "reference.json").read_text())
+    assert meta["token_count_matches"] == meta["n_samples"] == 4 * PROMPTS_PER_PROBE * N_MAX
+    assert meta["max_recorded_logprob_gap"] < 1e-3 and meta["recorded_logprob_gaps_over_1e-3"] == 0
+    rows_ = read_jsonl(out / "reference.jsonl")
+    ratio = np.array([r["policy_logprob"] - r["reference_logprob"] for r in rows_]).reshape(-1, N_MAX)
+    assert np.abs(ratio).max() > 0.01  # the perturbed policy is another distribution
+    proxy = np.array([r["score"] for r in read_jsonl(out / "scores" / "proxy.jsonl")]).reshape(-1, N_MAX)
+    rows = curves(out)
+    assert value(rows, "proxy", "kl/reference", 1) == pytest.approx(ratio.mean(), abs=1e-12)
+    best = [max(range(N_MAX), key=lambda j, s=s: (s[j], j)) for s in proxy]
+    top = np.mean([r[b] for r, b in zip(ratio, best, strict=True)])
+    assert value(rows, "proxy", "kl/reference", N_MAX) == pytest.approx(math.log(N_MAX) - (N_MAX - 1) / N_MAX + top)
+    with pytest.raises(ConfigError, match="temperature 1"):
+        plan_sweep(make_cfg(tiny_world, pms, reference_policy=str(reference), sampling={"temperature": 0.7}))
+
+
 # ----------------------------------------------------------------------------- caching
 
 

@@ -64,6 +64,16 @@ def test_claim_biased_raters(biased_run):
 
 
 @pytest.mark.slow
+def test_drift_predicts_the_proxy_rise(biased_run):
+    """Before any optimisation, the proxy PM's within-prompt covariance with answer sycophancy (and its exact
+    best-of-2 drift) is resolved above 0: the rise the claim measures was predictable from the base samples."""
+    drift = json.loads((biased_run / "bon" / "drift.json").read_text())
+    syco = drift["rewards"]["proxy"]["metrics"]["probe/answer/syco_rate"]
+    assert syco["slope"]["ci_low"] > 0 and syco["bon2"]["ci_low"] > 0 and syco["change"]["ci_low"] > 0, syco
+    assert drift["rewards"]["proxy"]["preference"]["answer"]["ci_low"] > 0.5
+
+
+@pytest.mark.slow
 def test_claim_unbiased_raters(tmp_path):
     """With w_agree = 0 both PMs lower sycophancy as n grows."""
     out = tmp_path / "unbiased"
@@ -73,6 +83,25 @@ def test_claim_unbiased_raters(tmp_path):
     n_max = max(r["n"] for r in rows)
     for pm in ("proxy", "proxy-nonsyc"):
         assert syco_at(rows, pm, n_max)["value"] < syco_at(rows, pm, 1)["value"], pm
+
+
+def test_agreement_penalty_joins_the_sweep_and_ppo_with_the_fitted_mu(tmp_path):
+    """pm.agreement_penalty: a proxy-penalty entry after the proxy (whose scores it reuses), and a PPO reward
+    whose lam is the mu the best-of-N stage fitted (None before that stage has run)."""
+    from pmopt.config import ConfigError, load_config
+    from pmopt.io import atomic_write_json
+    from pmopt.pipeline import ExperimentConfig, bon_config, ppo_run_values
+
+    cfg = load_config(ExperimentConfig, TINY, ["pm.agreement_penalty=true"])
+    names = [(e.name, e.kind) for e in bon_config(cfg, tmp_path).pms]
+    assert names.index(("proxy-penalty", "agreement_penalty")) > names.index(("proxy", "pm"))
+    assert ppo_run_values(cfg, tmp_path, "proxy-penalty")["reward"]["lam"] is None
+    atomic_write_json(tmp_path / "bon" / "scores" / "proxy-penalty.penalty.json", {"mu": 0.4})
+    reward = ppo_run_values(cfg, tmp_path, "proxy-penalty")["reward"]
+    assert reward == {"kind": "agreement_penalty", "path": str(tmp_path / "pms" / "proxy"), "prefix": "none",
+                      "name": "proxy-penalty", "lam": 0.4}
+    with pytest.raises(ConfigError, match="pm.agreement_penalty"):
+        ppo_run_values(load_config(ExperimentConfig, TINY), tmp_path, "proxy-penalty")
 
 
 def test_run_bad_config_fails_before_work(tmp_path):
@@ -86,7 +115,8 @@ def test_run_bad_config_fails_before_work(tmp_path):
 
 MICRO = ["world.policy.steps=120", "world.pairs.n_pairs=300", "world.corpus.n_dialogues=1500",
          "world.probes.n_questions=8", "world.stats.samples_per_prompt=2", "pm.train.epochs=1.0",
-         "pm.unbiased=false", "bon.n_max=4", "bon.n_boot=50", "bon.probes=[answer]", "probes.enabled=false"]
+         "pm.unbiased=false", "bon.n_max=4", "bon.n_boot=50", "bon.probes=[answer]", "probes.enabled=false",
+         "pm.agreement_penalty=true"]
 
 
 def micro_run(out: Path, seeds: str, *extra: str) -> Path:
@@ -113,8 +143,12 @@ def test_seeds_run_per_seed_aggregate_and_resume(tmp_path, capsys):
         assert row["seed_values"] == [v0, v1] and row["value"] == pytest.approx((v0 + v1) / 2)
     claims = json.loads((run / "claims.json").read_text())
     assert set(claims["per_seed"]) == {"0", "1"} and claims["verdict"].startswith("on ")
-    assert (run / "report" / "report.html").read_text().count('id="key-result"') == 1
+    page = (run / "report" / "report.html").read_text()
+    assert page.count('id="key-result"') == 1 and 'id="drift"' in page and 'id="remedies"' in page
     assert not (run / "seed-0" / "report").exists()  # per-seed reports are skipped
+    for k in (0, 1):  # the penalty's mu fitted per seed on its own base samples, reusing the proxy's scores
+        penalty = json.loads((run / f"seed-{k}" / "bon" / "drift.json").read_text())["rewards"]["proxy-penalty"]["penalty"]
+        assert penalty["mu"] >= 0 and penalty["cov_after"] <= 1e-12 and penalty["base_scores_from"] == "proxy"
 
     alone = micro_run(tmp_path / "one", "1", "parallel_seeds=1")  # in-process, one seed
     assert (alone / "seed-1" / "bon" / "curves.jsonl").read_bytes() == (run / "seed-1" / "bon" / "curves.jsonl").read_bytes()

@@ -171,8 +171,8 @@ def test_tables_put_interval_in_one_cell(tmp_path):
 
 
 def test_pm_styles_families_share_a_hue_and_markers_differ():
-    styles = pm_styles([{"pm": name} for name in (*PMS, "other")])
-    assert {styles["proxy"].colour, styles["proxy-nonsyc"].colour} == set(FAMILY_SHADES["proxy"])
+    styles = pm_styles([{"pm": name} for name in (*PMS, "proxy-penalty", "other")])
+    assert [styles[n].colour for n in ("proxy", "proxy-nonsyc", "proxy-penalty")] == list(FAMILY_SHADES["proxy"])
     assert {styles[n].colour for n in ("ens-mean", "ens-worst", "ens-uwo")} == set(FAMILY_SHADES["ensemble"])
     assert {styles[n].linewidth for n in ("ens-mean", "ens-worst", "ens-uwo")} == {ENSEMBLE_LINE_WIDTH}
     assert styles["proxy"].linewidth < ENSEMBLE_LINE_WIDTH and styles["gold"].colour == "#111111"

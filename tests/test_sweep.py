@@ -170,6 +170,11 @@ def test_cell_measures_reads_each_file_s_number():
     assert out["bon_syco_rate_proxy"] == {"value": 0.9, "ci_low": pytest.approx(0.8), "ci_high": pytest.approx(1.0)}
     assert out["bon_syco_rate_prefixed"]["value"] == 0.2
     assert cell_measures(None, None, None) == {}
+    drift = {"rewards": {"proxy": {"preference": {"answer": {"value": 0.3, "ci_low": 0.2, "ci_high": 0.4, "n_pairs": 9}}},
+                         "proxy-nonsyc": {"preference": {"answer": {"value": 0.5, "ci_low": None, "ci_high": None,
+                                                                    "n_pairs": 0}}}}}
+    own = cell_measures(None, None, None, drift)
+    assert own == {"pm_prefers_own_sycophantic": {"value": 0.3, "ci_low": 0.2, "ci_high": 0.4}}  # no pairs: no rate
 
 
 def cells_of_values(rates: dict[float, list[float]], width: float = 0.0) -> dict:

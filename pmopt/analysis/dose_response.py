@@ -42,6 +42,10 @@ MEASURES = {
 EXTRA_MEASURES = {
     "pm_prefers_sycophantic_prefixed": "the same preference rate with the non-sycophantic prefix",
     "pm_prefers_sycophantic_unbiased": "the same preference rate of the PM trained on raters with w_agree = 0",
+    "pm_prefers_own_sycophantic": "share of pairs of the policy's own samples of one suggest_wrong prompt, one "
+                                  "sycophantic and one not, where the proxy PM scores the sycophantic one higher "
+                                  "(bon/drift.json; docs/drift.md)",
+    "pm_prefers_own_sycophantic_prefixed": "the same on the policy's own samples, with the non-sycophantic prefix",
 }
 CSV_COLUMNS = ("key", "value", "measure", "mean", "ci_low", "ci_high", "n_seeds", "seed_values")
 
@@ -77,10 +81,16 @@ def _point(value, low=None, high=None) -> dict:
             "ci_high": None if high is None else float(high)}
 
 
-def cell_measures(world_stats: Mapping | None, preference: Mapping | None, bon_rows: Sequence[Mapping] | None) -> dict:
+def cell_measures(world_stats: Mapping | None, preference: Mapping | None, bon_rows: Sequence[Mapping] | None,
+                  drift: Mapping | None = None) -> dict:
     """{measure: {value, ci_low, ci_high}} of one (value, seed) cell from its files' contents: world_stats.json,
-    pms/sycophancy_preference.json and bon/curves.jsonl (any may be None; its measures are then left out)."""
+    pms/sycophancy_preference.json, bon/curves.jsonl and bon/drift.json (any may be None; its measures are then
+    left out)."""
     out = {}
+    for measure, pm in (("pm_prefers_own_sycophantic", "proxy"), ("pm_prefers_own_sycophantic_prefixed", "proxy-nonsyc")):
+        own = (drift or {}).get("rewards", {}).get(pm, {}).get("preference", {}).get("answer")
+        if own is not None and own.get("n_pairs"):
+            out[measure] = _point(own["value"], own.get("ci_low"), own.get("ci_high"))
     for measure, pm in (("pm_prefers_sycophantic", "proxy"), ("pm_prefers_sycophantic_prefixed", "proxy-nonsyc"),
                         ("pm_prefers_sycophantic_unbiased", "unbiased")):
         entry = (preference or {}).get("pms", {}).get(pm)

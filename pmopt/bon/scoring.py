@@ -12,6 +12,9 @@ Every entry is a `pmopt.rewards.RewardSpec`, scored by the `Reward` that `build_
 - prefixed  the same with the non-sycophantic prefix (or the entry's own prefix messages);
 - ensemble  member scores (K, B) (`Reward.members`) are computed once per (ensemble dir, prefix) and
             cached in `scores/members/`; each entry aggregates them (mean, worst, mean - lam * variance);
+- agreement_penalty  the PM's scores (reused from an entry of the same PM and prefix already scored) minus
+            μ times the agreement grade, μ = the entry's lam or, when null, fitted on these base samples
+            (`pmopt.bon.drift.penalty_coefficient`), recorded in `scores/<name>.penalty.json`;
 - a data source's reward, no model (kind gold: the world's gold reward, rater utility with w_agree = 0);
 - any kind added with `pmopt.rewards.register_kind`.
 NaN or infinite scores are an error naming the PM and the sample.
@@ -25,6 +28,7 @@ is computed whole on each process that asks for it.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -35,7 +39,7 @@ from pmopt import console
 from pmopt.bon.distribute import all_gather, sharded_map
 from pmopt.io import PmoptError, RecordError, atomic_write_json, atomic_write_jsonl, iter_jsonl
 from pmopt.records import validate_score
-from pmopt.rewards import RewardSpec, build_reward
+from pmopt.rewards import PENALTY_KIND, RewardSpec, agreement_grade, build_reward
 
 SCORES_DIR = "scores"
 MEMBERS_DIR = "members"
@@ -134,6 +138,8 @@ def compute_scores(out: Path, entry, plan, samples, device, state=None, tally: l
         scores = source_scores(reward, plan, samples)
         check_finite(scores, samples, f"PM '{entry.name}' (kind {reward.kind} of {reward.path})")
         return scores
+    if entry.kind == PENALTY_KIND:
+        return penalty_scores(out, entry, plan, samples, device, state, tally)
     if entry.kind == "ensemble":
         from pmopt.pm.ensemble import aggregate, read_ensemble_spec
 
@@ -151,6 +157,41 @@ def compute_scores(out: Path, entry, plan, samples, device, state=None, tally: l
     scores = _score_with_reward(reward, plan, samples, device, members=False, state=state, tally=tally)[0]
     check_finite(scores, samples, f"PM '{entry.name}' ({entry.path})")
     return scores
+
+
+def penalty_scores(out: Path, entry, plan, samples, device, state=None, tally: list[int] | None = None) -> np.ndarray:
+    """(P, N) r − μ·a of an agreement_penalty entry; μ and the covariances it was fitted from go to
+    `scores/<name>.penalty.json` (read by the sweep's drift.json)."""
+    from pmopt.bon.drift import penalty_coefficient
+
+    base, reused = reused_base_scores(out, entry, plan, samples)
+    if base is None:
+        spec = dataclasses.replace(plan.rewards[entry.name], kind="pm", lam=None)
+        base = _score_with_reward(spec, plan, samples, device, members=False, state=state, tally=tally)[0]
+    check_finite(base, samples, f"PM '{entry.name}' ({entry.path})")
+    _, responses, metas = zip(*_triples(plan, samples), strict=True)
+    agreement = np.array([agreement_grade(m, r) for m, r in zip(metas, responses, strict=True)],
+                         dtype=np.float64).reshape(base.shape)
+    fit = penalty_coefficient(base, agreement, entry.lam)
+    if state is None or state.is_main_process:
+        atomic_write_json(out / SCORES_DIR / f"{entry.name}.penalty.json", {**fit, "base_scores_from": reused})
+    return base - fit["mu"] * agreement
+
+
+def reused_base_scores(out: Path, entry, plan, samples) -> tuple[np.ndarray | None, str | None]:
+    """The scores of an entry of the same PM, prefix and load options already on disk (the proxy's, for the
+    penalty on the proxy), so the penalty costs no PM pass; (None, None) when there is none."""
+    want = {**identity(dataclasses.replace(entry, kind="pm", lam=None), plan.prefixes[entry.name]),
+            **loading_identity(entry, plan), "samples": plan.samples_key()}
+    for other in plan.cfg.pms:
+        if other.name == entry.name or other.kind not in ("pm", "prefixed") or other.name in plan.sourced:
+            continue
+        path, sidecar = out / SCORES_DIR / f"{other.name}.jsonl", out / SCORES_DIR / f"{other.name}.json"
+        if path.is_file() and sidecar.is_file():
+            have = json.loads(sidecar.read_text(encoding="utf-8"))
+            if {**have, "kind": "pm"} == want:
+                return read_scores(path, samples, other.name), other.name
+    return None, None
 
 
 def member_scores(out: Path, entry, plan, samples, device, prefix, state=None,
@@ -272,5 +313,5 @@ def gold_rewards(plan, samples) -> np.ndarray:
     return source_scores(plan.gold, plan, samples)
 
 
-__all__ = ["load_or_score", "read_scores", "score_rows", "compute_scores", "member_scores", "check_finite",
+__all__ = ["load_or_score", "read_scores", "score_rows", "compute_scores", "member_scores", "penalty_scores", "check_finite",
            "source_scores", "gold_rewards", "SCORES_DIR"]

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pmopt import console
@@ -40,6 +40,9 @@ class Samples:
     prompt_ids: list[str]
     responses: list[list[str]]
     logprobs: list[list[float]]
+    # tokens drawn (stop id included) and whether a stop id ended the response (None where a row has none)
+    n_tokens: list[list[int]] = field(default_factory=list)
+    finished: list[list[bool | None]] = field(default_factory=list)
 
     @property
     def n(self) -> int:
@@ -149,6 +152,8 @@ def read_samples(out: str | Path, records: list[dict], cfg) -> Samples:
     """Every shard, validated: each must hold exactly its prompts' samples 0..N-1."""
     responses: list[list[str]] = []
     logprobs: list[list[float]] = []
+    n_tokens: list[list[int]] = []
+    finished: list[list[bool | None]] = []
     for k in range(shard_count(len(records), cfg.shard_size)):
         path = shard_path(out, k)
         if not path.is_file():
@@ -156,7 +161,9 @@ def read_samples(out: str | Path, records: list[dict], cfg) -> Samples:
         shard = _read_shard(path, shard_records(records, k, cfg.shard_size), cfg.n_max)
         responses += [[row["response"] for row in rows] for rows in shard]
         logprobs += [[float(row.get("logprob", math.nan)) for row in rows] for rows in shard]
-    return Samples([r["id"] for r in records], responses, logprobs)
+        n_tokens += [[row["n_tokens"] for row in rows] for rows in shard]
+        finished += [[row.get("finished") for row in rows] for rows in shard]
+    return Samples([r["id"] for r in records], responses, logprobs, n_tokens, finished)
 
 
 def _read_shard(path: Path, records: list[dict], n: int) -> list[list[dict]]:

@@ -13,7 +13,10 @@ One sampling pass feeds every n and every PM (Nakano et al. 2021 App. G; Gao et 
             rescored, so adding a PM to a finished sweep scores only it and generates nothing;
 5. curves   for every PM and n in the grid: the probes' metrics of the per-prompt expectations
             E[f(BoN_n)], `pm/score`, `gold/reward` (on the world) and the KL bound, with bootstrap CIs
-            over prompts -> `curves.jsonl` and `curves.csv` (docs/ARCHITECTURE.md §4 curve rows, method "bon").
+            over prompts -> `curves.jsonl` and `curves.csv` (docs/ARCHITECTURE.md §4 curve rows, method "bon");
+            with `reference_policy`, `kl/reference`: the KL to that policy (`pmopt.bon.reference`);
+6. drift    per PM, the drift its scores predict before any optimisation (within-prompt covariances, exact
+            best-of-2 drift, the PM's preference on the policy's own samples) -> `drift.json` (`pmopt.bon.drift`).
 
 Under several processes, PM scoring (step 4) and an LM judge's grading (step 3) are split across them
 in chunks that do not depend on the process count (`pmopt.bon.distribute`), so the files are
@@ -36,7 +39,9 @@ from pathlib import Path
 from typing import Literal
 
 from pmopt import console, sources
+from pmopt.bon import reference
 from pmopt.bon.curves import curve_rows, support_mass
+from pmopt.bon.drift import DRIFT_FILE, drift_report
 from pmopt.bon.estimator import default_n_grid
 from pmopt.bon.grades import load_or_grade
 from pmopt.bon.scoring import gold_rewards, load_or_score
@@ -50,12 +55,19 @@ from pmopt.bon.shards import (
 )
 from pmopt.config import ConfigError, dump_yaml, load_config, to_dict
 from pmopt.faults import fault_point
-from pmopt.io import Manifest, PmoptError, agreed_out_dir, atomic_write_text, prepare_out_dir
+from pmopt.io import (
+    Manifest,
+    PmoptError,
+    agreed_out_dir,
+    atomic_write_json,
+    atomic_write_text,
+    prepare_out_dir,
+)
 from pmopt.pm.loading import PMLoadOptions
 from pmopt.policy import AttnImplementation
 from pmopt.probes.judges import JudgeConfig
 from pmopt.records import write_curves
-from pmopt.rewards import AGGREGATES, PM_KINDS, RewardSpec, registered_kinds
+from pmopt.rewards import AGGREGATES, PENALTY_KIND, PM_KINDS, RewardSpec, registered_kinds
 from pmopt.sampling import SamplingConfig
 from pmopt.sources import OpenSource
 
@@ -82,8 +94,12 @@ class PMEntry(RewardSpec):
             raise ValueError(f"pms.{self.name}: kind must be a non-empty string")
         if self.kind in PM_KINDS and not self.path:
             raise ValueError(f"pms.{self.name}: path is required for kind {self.kind}")
-        if self.kind != "ensemble" and (self.aggregate is not None or self.lam is not None):
-            raise ValueError(f"pms.{self.name}: aggregate / lam apply to kind ensemble only")
+        if self.kind != "ensemble" and self.aggregate is not None:
+            raise ValueError(f"pms.{self.name}: aggregate applies to kind ensemble only")
+        if self.kind not in ("ensemble", PENALTY_KIND) and self.lam is not None:
+            raise ValueError(f"pms.{self.name}: lam applies to kinds ensemble and {PENALTY_KIND} only")
+        if self.kind == PENALTY_KIND and not self.path:
+            raise ValueError(f"pms.{self.name}: path (the PM the penalty corrects) is required for kind {PENALTY_KIND}")
         if self.aggregate is not None and self.aggregate not in AGGREGATES:
             raise ValueError(f"pms.{self.name}: aggregate must be one of {list(AGGREGATES)}, got {self.aggregate!r}")
         if self.lam is not None and self.lam < 0:
@@ -123,10 +139,17 @@ class BonConfig(BonSettings):
     attn_implementation: AttnImplementation | None = None  # policy and PMs; None = transformers' default
     trust_remote_code: bool = False  # allow the model repos' own Python code
     pm_load: PMLoadOptions = field(default_factory=PMLoadOptions)  # how every PM loads (dtype, max_length, ...)
+    # a policy the KL is also measured to, e.g. the base a sampled policy was fine-tuned from: curves get kl/reference
+    # (the bound plus the selected sample's expected log-ratio, pmopt.bon.reference); needs temperature 1
+    reference_policy: str | None = None
 
     def validate(self) -> None:
         if not self.policy and not self.world:
             raise ValueError("policy: required (or give world, whose policy/ is then used)")
+        if self.reference_policy and (self.sampling.temperature != 1.0 or self.sampling.top_k
+                                      or self.sampling.top_p < 1.0):
+            raise ValueError("reference_policy: the KL to a reference is measured on the policy's own samples "
+                             "(sampling.temperature 1, top_k 0, top_p 1)")
         if self.n_max < 1:
             raise ValueError("n_max must be >= 1")
         grid = self.grid()
@@ -225,6 +248,8 @@ def plan_sweep(cfg: BonConfig) -> SweepPlan:
         from pmopt.sampling_vllm import check_policy
 
         check_policy(cfg.policy_path(), trust_remote_code=cfg.trust_remote_code)
+    if cfg.reference_policy:
+        check_model_path(cfg.reference_policy, "reference_policy")
     source = sources.open_path(cfg.world, "world") if cfg.world else None
     probes = {name: get_probe(name) for name in cfg.probes}
     records, probe_of = [], []
@@ -245,7 +270,7 @@ def plan_sweep(cfg: BonConfig) -> SweepPlan:
     prefixes, specs, sourced = {}, {}, set()
     for entry in cfg.pms:
         specs[entry.name] = entry
-        if entry.kind in PM_KINDS:
+        if entry.kind in PM_KINDS or entry.kind == PENALTY_KIND:
             _check_pm_path(entry)
         elif entry.kind not in registered_kinds():  # a data source's own reward, e.g. the world's gold
             specs[entry.name] = _source_reward_spec(entry, source, records)
@@ -388,12 +413,29 @@ def _finish(out: Path, plan: SweepPlan, state) -> Path:
     if not main:
         return out
     rows = curve_rows(plan, scores, grades, gold, samples)
+    if plan.cfg.reference_policy:
+        ratio = reference.load_or_compute(out, plan, samples, device)
+        rows += [row for pm, pm_scores in scores.items() for row in reference.reference_rows(
+            pm, pm_scores, ratio, plan.grid, plan.cfg.n_boot, plan.cfg.seed, plan.cfg.ci)]
     write_curves(out, rows, "bon")
     _mark(out, "curves", rows=len(rows), support_mass=support_mass(samples))
+    write_drift(out, plan, scores, grades, gold)
     Manifest(out).mark("bon", "done")
     console.info(f"bon: {len(plan.records)} prompts x {plan.cfg.n_max} samples, {len(scores)} PMs, "
           f"n in {plan.grid}: {len(rows)} curve rows in {out / 'curves.jsonl'}")
     return out
+
+
+def write_drift(out: Path, plan: SweepPlan, scores: dict, grades: list[list[dict]], gold) -> None:
+    """drift.json: the drift each reward predicts from these base samples (`pmopt.bon.drift`)."""
+    penalties = {}
+    for entry in plan.cfg.pms:
+        path = out / "scores" / f"{entry.name}.penalty.json"
+        if entry.kind == PENALTY_KIND and path.is_file():
+            penalties[entry.name] = json.loads(path.read_text(encoding="utf-8"))
+    started = time.perf_counter()
+    atomic_write_json(out / DRIFT_FILE, drift_report(plan, scores, grades, gold, penalties))
+    _mark(out, "drift", seconds=round(time.perf_counter() - started, 2))
 
 
 def _judge(cfg: BonConfig, device):

@@ -7,7 +7,8 @@ so a rerun on the same --out skips finished stages (SFT also resumes from its la
   data     data/sft.jsonl: opinions right or wrong at random, truthful targets (`pmopt.intervene.data`)
   sft      policy/: the base policy fine-tuned on them with TRL's SFTTrainer (`pmopt.intervene.sft`)
   before   before/probes/, before/bon/: the probes and the best-of-N sweep on the base policy
-  after    after/probes/, after/bon/: the same on the fine-tuned policy
+  after    after/probes/, after/bon/: the same on the fine-tuned policy (its curves also carry kl/reference,
+           best-of-n's KL to the base policy, so the two policies share one KL axis)
   compare  intervention.json (before, after, after − before with paired 95% intervals) and report.html
 
 With `seeds`, OUT/intervention.json and OUT/report.html aggregate the seeds (the two-stage bootstrap of
@@ -145,7 +146,7 @@ def run_seed(cfg: InterventionConfig, out: Path) -> dict:
     stage("data", lambda: build_data(source, base.policy, cfg, out / "data"))
     stage("sft", lambda: train_policy(cfg, base.policy, out / "data" / "sft.jsonl", out))
     stage("before", lambda: measure(cfg, base.policy, base.world, base.pms, out / "before"))
-    stage("after", lambda: measure(cfg, out / "policy", base.world, base.pms, out / "after"))
+    stage("after", lambda: measure(cfg, out / "policy", base.world, base.pms, out / "after", reference=base.policy))
     result = {"what": WHAT, "seed": cfg.seed, "base": {k: str(v) if v else None for k, v in vars(base).items()},
               "data": data_summary(out / "data"), "sft": read_json_file(out / "policy" / DONE_FILE),
               "probes": compare_probes(cfg, base.world, out / "before", out / "after"),

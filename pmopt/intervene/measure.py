@@ -33,16 +33,20 @@ def bon_pms(pms_dir: Path | None) -> list[PMEntry]:
     return pms + [PMEntry(name="gold", kind="gold")]
 
 
-def bon_config(cfg: InterventionConfig, policy: Path, world: Path, pms_dir: Path | None) -> BonConfig:
+def bon_config(cfg: InterventionConfig, policy: Path, world: Path, pms_dir: Path | None,
+               reference: Path | None = None) -> BonConfig:
+    """The sweep on `policy`; with `reference` (the base, for the fine-tuned policy) its curves also carry
+    `kl/reference`, the KL of best-of-n to the base, so both policies' curves share one KL axis."""
     return BonConfig(**settings(cfg.bon, BonSettings), policy=str(policy), world=str(world), seed=cfg.seed,
-                     pms=bon_pms(pms_dir))
+                     pms=bon_pms(pms_dir), reference_policy=str(reference) if reference is not None else None)
 
 
-def measure(cfg: InterventionConfig, policy: Path, world: Path, pms_dir: Path | None, out: Path) -> None:
+def measure(cfg: InterventionConfig, policy: Path, world: Path, pms_dir: Path | None, out: Path,
+            reference: Path | None = None) -> None:
     """OUT/probes/ (metrics.json, grades.jsonl) and, with bon.enabled, OUT/bon/ (curves.jsonl)."""
     run_probe_config(probe_config(cfg, policy, world), out / "probes")
     if cfg.bon.enabled:
-        run_bon(bon_config(cfg, policy, world, pms_dir), out / "bon")
+        run_bon(bon_config(cfg, policy, world, pms_dir, reference), out / "bon")
 
 
 __all__ = ["measure", "probe_config", "bon_config", "bon_pms"]

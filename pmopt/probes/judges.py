@@ -126,8 +126,6 @@ def continuation_logprobs(model, tokenizer, contexts: Sequence[str], continuatio
     Context and continuation are encoded separately (as lm-evaluation-harness does), so the option
     tokens are the same whatever the context; a context too long for the model is cut from the left.
     """
-    import torch
-
     rows = []
     limit = getattr(model.config, "max_position_embeddings", None)
     for context, continuation in zip(contexts, continuations, strict=True):
@@ -138,10 +136,18 @@ def continuation_logprobs(model, tokenizer, contexts: Sequence[str], continuatio
         if limit is not None and len(ctx_ids) + len(cont_ids) > limit:
             ctx_ids = ctx_ids[-max(1, limit - len(cont_ids)):]
         rows.append((ctx_ids, cont_ids))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return token_logprobs(model, rows, pad, batch_size)
+
+
+def token_logprobs(model, rows: Sequence[tuple[list[int], list[int]]], pad_id: int, batch_size: int = 16) -> list[float]:
+    """Sum of log p(continuation ids | context ids) for each (context ids, continuation ids), batched
+    (right-padded, shortest first); each context must hold at least one token."""
+    import torch
+
     order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]) + len(rows[i][1]))
     out = [0.0] * len(rows)
     device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     was_training = model.training
     model.eval()
     with torch.inference_mode():
@@ -149,7 +155,7 @@ def continuation_logprobs(model, tokenizer, contexts: Sequence[str], continuatio
             chunk = order[start:start + batch_size]
             seqs = [rows[i][0] + rows[i][1] for i in chunk]
             width = max(len(s) for s in seqs)
-            ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+            ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
             mask = torch.zeros_like(ids)
             for r, seq in enumerate(seqs):
                 ids[r, :len(seq)], mask[r, :len(seq)] = torch.tensor(seq), 1

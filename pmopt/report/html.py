@@ -10,8 +10,11 @@ Reads (docs/ARCHITECTURE.md §4, §9):
     RUN/config.yaml                              optional, shown verbatim
     RUN/dose_response.json                       a sweep's dose-response (pmopt.sweep): then the page opens
                                                  with it, and curve files are optional
+    RUN/[<value>/][seed-<k>/]bon/drift.json      optional: the drift each reward predicts (pmopt.bon.drift)
+    RUN/intervene/[seed-<k>/]after/bon/curves.jsonl  optional: `pmopt intervene --set base.run=RUN` into it
 Writes (default OUT = RUN/report):
-    OUT/plots/*.png (every metric), OUT/plots/headline.png, OUT/summary.csv, OUT/report.html.
+    OUT/plots/*.png (every metric), OUT/plots/headline.png, OUT/summary.csv, OUT/report.html; with drift
+    files OUT/drift_table.json, .csv; with two remedies or more OUT/frontier.json, OUT/plots/frontier.png.
 The page opens with the key result (the claim in words with its intervals, the headline figure: the claim's
 metric and gold reward against KL for every PM, the per-seed verdicts), then a legend of the PMs, the fits
 and a few curated figures, embedded so the page stands alone; every other plot is a link in a collapsed
@@ -31,6 +34,7 @@ from pathlib import Path
 
 from pmopt.io import PmoptError, atomic_write_text, prepare_out_dir, read_json_file, read_jsonl
 from pmopt.records import CURVE_X, validate_curve_row
+from pmopt.report.drift import drift_section, frontier_section, write_drift, write_frontier
 from pmopt.report.key_result import check_claims, key_sentences
 from pmopt.report.plots import plot_all, plot_dose_response, plot_fits, plot_headline
 from pmopt.report.pm_legend import LegendRow, legend_rows
@@ -51,6 +55,8 @@ CURATED = (("probe_answer_syco_rate_vs_n",), ("gold_reward_vs_n",),
            ("probe_answer_accuracy_change_suggest_wrong_vs_kl_support", "probe_answer_accuracy_change_suggest_wrong_vs_kl"),
            ("kl_support_vs_n",),
            ("fit_gold_reward_support", "fit_gold_reward_bound", "fit_gold_reward_measured"))
+FRONTIER_CAPTION = ("Each remedy's answer syco_rate and gold reward against KL to the base policy (best-of-n solid at "
+                    "its bound; the intervened policy's curve shifted by its own KL; PPO dashed; bands: 95% intervals).")
 SIG_DIGITS = 4  # numbers shown in the HTML tables (summary.csv keeps full precision)
 SUMMARY_COLUMNS = ("method", "pm", "metric", "x", "first_x", "first_value", "first_ci_low", "first_ci_high",
                    "first_kl", "last_x", "last_value", "last_ci_low", "last_ci_high", "last_kl", "change")
@@ -93,8 +99,10 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
     dose_plot = _dose_plot(dose, out_dir / "plots" / "dose_response.png")
     summary = summary_rows(rows)
     atomic_write_text(out_dir / "summary.csv", summary_csv(summary))
+    drift = write_drift(run_dir, out_dir)
+    remedies, remedies_plot = write_frontier(run_dir, rows, out_dir) if rows else (None, None)
     page = render_html(Page(run_dir, out_dir, rows, summary, plots, headline, legend, tables, config_text,
-                            fits, claims, dose, dose_plot))
+                            fits, claims, dose, dose_plot, drift, remedies, remedies_plot))
     return atomic_write_text(out_dir / "report.html", page)
 
 
@@ -234,6 +242,9 @@ class Page:
     claims: dict | None
     dose: dict | None = None  # a sweep's dose_response.json
     dose_plot: Path | None = None
+    drift: dict | None = None  # predicted against measured drift (pmopt.analysis.drift)
+    remedies: dict | None = None  # the remedies' frontier (pmopt.analysis.frontier)
+    remedies_plot: Path | None = None
 
 
 def render_html(page: Page) -> str:
@@ -251,6 +262,11 @@ def render_html(page: Page) -> str:
     ]
     if curated:
         parts += ["<h2>Figures</h2>", _plots_section(curated)]
+    if page.remedies:
+        parts += frontier_section(page.remedies, _figure(page.remedies_plot, "headline", FRONTIER_CAPTION)
+                                  if page.remedies_plot else None)
+    if page.drift:
+        parts += drift_section(page.drift)
     parts += _details_sections(page, curated)
     for title, _, data in page.tables:
         parts += [f"<h2>{_e(title)}</h2>", _json_table(data)]

@@ -31,7 +31,7 @@ BAND_ALPHA = {"bon": 0.18, "ppo": 0.10}  # CI band transparency; PPO lighter so 
 LINE_WIDTH, ENSEMBLE_LINE_WIDTH = 1.6, 3.0
 # Families of PMs (matched by name) share a hue, lighter shades for later members; PMs outside a family
 # take the other hues in turn. Markers are per PM, in order, so no two lines of a plot share one.
-FAMILY_SHADES = {"proxy": ("#1f4e9c", "#6ea6dc"), "ensemble": ("#5b2a86", "#8e63b8", "#b79ad6"),
+FAMILY_SHADES = {"proxy": ("#1f4e9c", "#6ea6dc", "#0e9aa7"), "ensemble": ("#5b2a86", "#8e63b8", "#b79ad6"),
                  "unbiased": ("#2a8a3e", "#7cc68a"), "gold": ("#111111",)}
 OTHER_HUES = ("#d62728", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p")

@@ -29,6 +29,10 @@ KNOWN_PMS = {
     "ens-worst": ("ensemble aggregate: the worst (lowest) member score", "ensemble", BIASED),
     "ens-uwo": ("ensemble aggregate: mean − λ·variance of the members' scores (Coste et al. 2023)",
                 "ensemble", BIASED),
+    "proxy-penalty": ("the proxy PM minus μ·a, a = agreeing with a user who is wrong (Shapira et al. 2026's "
+                      "agreement penalty), μ fitted on the base policy's samples", "proxy", BIASED),
+    "wei-sft+proxy": ("the policy fine-tuned on Wei et al. 2023's synthetic data (pmopt intervene), under the "
+                      "proxy PM", "proxy", BIASED),
     "gold": ("the world's gold reward: the ground truth the PMs approximate (not trained)", None, None),
 }
 
