@@ -514,16 +514,25 @@ def git_hash() -> str | None:
 
 
 def cpu_model() -> str:
-    """The CPU's model name (results move with float round-off, which differs between CPU models)."""
+    """The CPU's model: its name plus the family / model / stepping numbers (results move with float round-off,
+    which differs between CPU models). The numbers matter because virtual machines often report a bare name
+    ("AMD EPYC") for several generations of one line, each with its own vector units."""
     import platform
 
+    fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if not key and fields:
+                break  # the first processor's block is enough
+            fields.setdefault(key, value.strip())
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    numbers = [f"{label} {fields[key]}" for key, label in (("cpu family", "family"), ("model", "model"),
+                                                            ("stepping", "stepping")) if fields.get(key)]
+    return f"{name} ({', '.join(numbers)})" if numbers else name
 
 
 def environment() -> dict[str, Any]:
