@@ -198,7 +198,7 @@ def test_fits_fit_the_sweep_curve_with_the_rl_form():
     sweep = [f for f in fits if f["rl_method"] == "ppo-beta-sweep"]
     assert len(sweep) == 1 and len(fits) == 2  # the step curve is fitted apart
     fit = sweep[0]
-    assert (fit["form"], fit["label"], fit["n_points"], fit["kl_kind"]) == ("rl", "proxy (PPO β sweep)", 4, "measured")
+    assert (fit["form"], fit["label"], fit["n_points"], fit["kl_kind"]) == ("rl", "proxy (PPO β sweep)", 4, "rao_blackwell")
     np.testing.assert_allclose([fit["alpha"], fit["beta"], fit["r2"]], [0.4, 0.3, 1.0], rtol=1e-9)
     assert fit["peak"]["kl"] == pytest.approx(math.exp(0.4 / 0.3 - 1) ** 2)  # d* = exp(alpha/beta - 1)
 

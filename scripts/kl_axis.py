@@ -1,0 +1,136 @@
+"""RL's KL axis, measured: does the probe KL rise with steps without order-of-magnitude jumps, how often does
+PPO's early stop fire, and are a β sweep's end KLs ordered by β (docs/results_rl.md).
+
+    # PPO runs on a built world (its policy and a PM), one per seed, 2 at a time, then their summary
+    OMP_NUM_THREADS=1 python scripts/kl_axis.py run --world W --pm W_PM --seeds 0,1,2 --steps 20 \\
+        --set train.learning_rate=1e-4 --out DIR --jobs 2
+    # the summary of finished runs: PPO run directories, or `pmopt run` directories (every ppo/**/metrics.jsonl)
+    python scripts/kl_axis.py summarize DIR...
+
+One JSON line per run: the share of steps where `ppo/early_stop` fired, the mean optimizer updates per step
+(of ppo_epochs x rollout/minibatch), the mean `ppo/approx_kl` (per token, k3 of pi_old vs pi) and entropy, the
+probe KL (`probe/kl`, Rao-Blackwellised, with its interval, beside k1 / k3) at every probe step, and the
+jump statistics: the largest ratio between consecutive probe KLs (up or down; probe steps after the first
+whose KL is at least `--floor`), and the number of drops whose intervals do not overlap. For each `pmopt
+run` directory with a β sweep, the end KL of every β and whether they are ordered by β.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_one(world: str, pm: str, seed: int, steps: int, overrides: list[str], out: str) -> str:
+    """One PPO run of configs/ppo/world.yaml on `world` against the PM at `pm`, seed `seed`."""
+    from pmopt.config import load_config
+    from pmopt.rl.command import run_rl
+    from pmopt.rl.config import PPOConfig
+
+    fixed = [f"policy.path={world}/policy", f"prompts.world={world}", f"reward.path={pm}", f"seed={seed}",
+             f"train.steps={steps}", "threads=1"]
+    cfg = load_config(PPOConfig, REPO / "configs" / "ppo" / "world.yaml", fixed + overrides)
+    return str(run_rl(cfg, Path(out) / f"seed-{seed}"))
+
+
+def summarize_run(run_dir: Path, floor: float) -> dict:
+    """The statistics of one PPO run directory (its metrics.jsonl)."""
+    from pmopt.io import read_metrics
+
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    train = [r for r in rows if "ppo/kl" in r]
+    probes = [r for r in rows if "probe/kl" in r]
+    probe_kl = [(r["step"], r["probe/kl"], r.get("probe/kl_ci_low"), r.get("probe/kl_ci_high"), r.get("probe/kl_k1"),
+                 r.get("probe/kl_k3")) for r in probes]
+    return {"run": str(run_dir), "steps": len(train),
+            "early_stop_share": _mean([r["ppo/early_stop"] for r in train]),
+            "updates_per_step": _mean([r["ppo/updates"] for r in train]),
+            "approx_kl": _mean([r["ppo/approx_kl"] for r in train]),
+            "entropy": _mean([r["ppo/entropy"] for r in train]),
+            "train_kl_max_ratio": max_ratio([r["ppo/kl"] for r in train], floor),
+            "probe_kl": probe_kl, "probe_kl_max_ratio": max_ratio([k for _, k, *_ in probe_kl[1:]], floor),
+            "probe_kl_separated_drops": separated_drops(probe_kl)}
+
+
+def max_ratio(values: list[float], floor: float) -> float | None:
+    """The largest max(a/b, b/a) between consecutive values, both at least `floor` (None: fewer than 2)."""
+    kept = [v for v in values if v is not None and v >= floor]
+    ratios = [max(a / b, b / a) for a, b in zip(kept, kept[1:], strict=False)]
+    return max(ratios) if ratios else None
+
+
+def separated_drops(probe_kl: list[tuple]) -> int:
+    """Consecutive probe points where the KL falls and the later interval lies wholly below the earlier."""
+    return sum(1 for (_, _, low, _, *_), (_, _, _, high, *_) in zip(probe_kl, probe_kl[1:], strict=False)
+               if low is not None and high is not None and high < low)
+
+
+def sweep_order(run_dir: Path) -> list[dict]:
+    """For a `pmopt run` directory's β-sweep curve (ppo/curves.jsonl): per PM, the end KL at each β in
+    decreasing β, and whether it rises as β falls (`ordered`) and by non-overlapping intervals (`separated`)."""
+    from pmopt.io import read_jsonl
+
+    path = run_dir / "ppo" / "curves.jsonl"
+    if not path.is_file():
+        return []
+    rows = [r for r in read_jsonl(path) if r.get("beta") is not None and r["metric"] == "pm/score"]
+    out = []
+    for pm in sorted({r["pm"] for r in rows}):
+        ends = sorted((r for r in rows if r["pm"] == pm), key=lambda r: -r["beta"])
+        kls = [r["kl"] for r in ends]
+        out.append({"run": str(run_dir), "pm": pm, "betas": [r["beta"] for r in ends], "kl": kls,
+                    "kl_ci": [[r.get("kl_ci_low"), r.get("kl_ci_high")] for r in ends],
+                    "ordered": all(a < b for a, b in zip(kls, kls[1:], strict=False)),
+                    "separated": all(a.get("kl_ci_high") is not None and b.get("kl_ci_low") is not None
+                                     and a["kl_ci_high"] < b["kl_ci_low"] for a, b in zip(ends, ends[1:], strict=False))})
+    return out
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def summarize(paths: list[Path], floor: float) -> None:
+    for path in paths:
+        runs = [path] if (path / "metrics.jsonl").is_file() else sorted(p.parent for p in path.glob("**/metrics.jsonl"))
+        for run_dir in runs:
+            print(json.dumps(summarize_run(run_dir, floor)))
+        for seed_dir in [path, *sorted(path.glob("seed-*"))]:
+            for line in sweep_order(seed_dir):
+                print(json.dumps(line))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="PPO runs of configs/ppo/world.yaml on a built world, one per seed")
+    run.add_argument("--world", required=True, help="a `pmopt world` directory")
+    run.add_argument("--pm", required=True, help="the PM directory the policy is optimised against")
+    run.add_argument("--seeds", default="0,1,2", help="PPO seeds, comma-separated")
+    run.add_argument("--steps", type=int, default=20, help="PPO steps per run")
+    run.add_argument("--set", dest="overrides", action="append", default=[], help="a PPO config override key=value")
+    run.add_argument("--out", required=True, help="runs go to OUT/seed-<k>")
+    run.add_argument("--jobs", type=int, default=1, help="runs at once (one torch thread each)")
+    run.add_argument("--floor", type=float, default=0.05, help="KLs below this are left out of the jump ratios")
+    summary = sub.add_parser("summarize", help="statistics of finished runs")
+    summary.add_argument("paths", nargs="+", type=Path, help="PPO run or `pmopt run` directories")
+    summary.add_argument("--floor", type=float, default=0.05, help="KLs below this are left out of the jump ratios")
+    args = parser.parse_args(argv)
+    if args.command == "summarize":
+        summarize(args.paths, args.floor)
+        return 0
+    seeds = [int(s) for s in args.seeds.split(",")]
+    with ProcessPoolExecutor(max(1, args.jobs)) as pool:
+        outs = list(pool.map(run_one, *zip(*[(args.world, args.pm, s, args.steps, args.overrides, args.out)
+                                             for s in seeds], strict=True)))
+    summarize([Path(o) for o in outs], args.floor)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
