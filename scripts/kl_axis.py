@@ -26,8 +26,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_one(world: str, pm: str, seed: int, steps: int, overrides: list[str], out: str) -> str:
-    """One PPO run of configs/ppo/world.yaml on `world` against the PM at `pm`, seed `seed`."""
+def run_one(world: str, pm: str, seed: int, steps: int, overrides: list[str], out: str, trace: bool = False) -> str:
+    """One PPO run of configs/ppo/world.yaml on `world` against the PM at `pm`, seed `seed`; with `trace`, every
+    minibatch's approx_kl and where it comes from go to OUT/seed-<k>/approx_kl.jsonl (`trace_approx_kl`)."""
     from pmopt.config import load_config
     from pmopt.rl.command import run_rl
     from pmopt.rl.config import PPOConfig
@@ -35,7 +36,39 @@ def run_one(world: str, pm: str, seed: int, steps: int, overrides: list[str], ou
     fixed = [f"policy.path={world}/policy", f"prompts.world={world}", f"reward.path={pm}", f"seed={seed}",
              f"train.steps={steps}", "threads=1"]
     cfg = load_config(PPOConfig, REPO / "configs" / "ppo" / "world.yaml", fixed + overrides)
-    return str(run_rl(cfg, Path(out) / f"seed-{seed}"))
+    run_dir = Path(out) / f"seed-{seed}"
+    if trace:
+        trace_approx_kl(run_dir / "approx_kl.jsonl")
+    return str(run_rl(cfg, run_dir))
+
+
+def trace_approx_kl(path: Path) -> None:
+    """Wrap ppo_math.policy_loss (which the loop calls once per micro-batch) to log its approx_kl with what it
+    is made of: the per-token k3 terms' largest value, the share of their sum carried by the top 1% of tokens,
+    and the share carried by tokens whose probability under pi_old was below 0.5 (the policy's few uncertain
+    choices) together with those tokens' share of the count."""
+    import torch
+
+    from pmopt.io import append_jsonl
+    from pmopt.rl import ppo_math
+
+    real = ppo_math.policy_loss
+
+    def traced(logprobs, old_logprobs, advantages, mask, clip_range):
+        out = real(logprobs, old_logprobs, advantages, mask, clip_range)
+        with torch.no_grad():
+            real_tokens = mask.bool()
+            k3 = ppo_math.kl_penalty(old_logprobs, logprobs, "k3")[real_tokens].double()
+            uncertain = (old_logprobs[real_tokens].exp() < 0.5)
+            top = k3.sort(descending=True).values[:max(1, len(k3) // 100)]
+            total = float(k3.sum()) or 1.0
+            append_jsonl(path, {"approx_kl": float(out[2]), "tokens": len(k3), "max_k3": float(k3.max()),
+                                "top1pct_share": float(top.sum()) / total,
+                                "uncertain_share": float(k3[uncertain].sum()) / total,
+                                "uncertain_tokens": float(uncertain.double().mean())})
+        return out
+
+    ppo_math.policy_loss = traced
 
 
 def summarize_run(run_dir: Path, floor: float) -> dict:
@@ -117,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--out", required=True, help="runs go to OUT/seed-<k>")
     run.add_argument("--jobs", type=int, default=1, help="runs at once (one torch thread each)")
     run.add_argument("--floor", type=float, default=0.05, help="KLs below this are left out of the jump ratios")
+    run.add_argument("--trace", action="store_true", help="log every minibatch's approx_kl and its make-up")
     summary = sub.add_parser("summarize", help="statistics of finished runs")
     summary.add_argument("paths", nargs="+", type=Path, help="PPO run or `pmopt run` directories")
     summary.add_argument("--floor", type=float, default=0.05, help="KLs below this are left out of the jump ratios")
@@ -126,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     seeds = [int(s) for s in args.seeds.split(",")]
     with ProcessPoolExecutor(max(1, args.jobs)) as pool:
-        outs = list(pool.map(run_one, *zip(*[(args.world, args.pm, s, args.steps, args.overrides, args.out)
+        outs = list(pool.map(run_one, *zip(*[(args.world, args.pm, s, args.steps, args.overrides, args.out, args.trace)
                                              for s in seeds], strict=True)))
     summarize([Path(o) for o in outs], args.floor)
     return 0

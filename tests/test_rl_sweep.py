@@ -137,18 +137,40 @@ def test_sweep_writes_one_run_per_pm_and_beta_marked_in_the_manifest(sweep_run):
         assert steps == [0, 1, 2, 4, 8, 12]  # dense to step 2, then every 4: the schedule in a real run
 
 
-def test_sweep_curve_is_each_runs_final_rows(sweep_run):
+def test_sweep_curve_is_each_runs_mean_of_its_last_three_evaluations(sweep_run):
     curve = sweep_curve(sweep_run)
     assert {r["rl_method"] for r in curve} == {"ppo-beta-sweep"} and {r["pm"] for r in curve} == {"gold"}
     metrics = {r["metric"] for r in curve}
     assert {"gold/reward", "pm/score", "probe/answer/syco_rate"} <= metrics
     base = read_jsonl(sweep_run / "ppo" / "gold" / run_dir_name(STRONG) / "curves.jsonl")
-    expected = [{**r, "rl_method": "ppo-beta-sweep", "beta": None} for r in base if r["step"] == 0]
+    assert [r for r in curve if r["beta"] is None] == [
+        {**r, "rl_method": "ppo-beta-sweep", "beta": None, "steps": [0]} for r in base if r["step"] == 0]
     for beta in (STRONG, WEAK):
         rows = read_jsonl(sweep_run / "ppo" / "gold" / run_dir_name(beta) / "curves.jsonl")
-        expected += [{**r, "rl_method": "ppo-beta-sweep", "beta": beta} for r in rows if r["step"] == SWEEP_STEPS]
-    assert curve == expected  # exactly: value, KL and interval are the runs' own
+        for point in (r for r in curve if r["beta"] == beta):
+            members = [r for r in rows if r["metric"] == point["metric"] and r["step"] in (4, 8, SWEEP_STEPS)]
+            assert point["steps"] == [4, 8, SWEEP_STEPS] and point["step"] == SWEEP_STEPS
+            for field in ("value", "kl", "kl_ci_low", "kl_ci_high", "ci_low", "ci_high"):
+                assert point[field] == pytest.approx(np.mean([r[field] for r in members])), field
     assert [sum(r["beta"] == b for r in curve) for b in (None, STRONG, WEAK)] == [len(metrics)] * 3
+    assert (sweep_run / "ppo" / "curves.csv").read_text().startswith("method,rl_method,pm,step,kl,kl_ci_low")
+
+
+def test_end_point_averages_steps_and_keeps_missing_bounds_missing():
+    from pmopt.rl.beta_sweep import end_point
+
+    def at(step, metric, value, low, kl):
+        return rl_curve_row("ppo", "proxy", step, kl, metric, value, low, value + 0.1, kl - 0.1, kl + 0.1)
+
+    rows = {40: [at(40, "a", 0.2, 0.1, 1.0), at(40, "b", 0.5, None, 1.0), at(40, "c", 0.1, 0.0, 1.0)],
+            50: [at(50, "a", 0.4, 0.3, 2.0), at(50, "b", 0.7, 0.6, 2.0)]}
+    a, b = end_point(rows)  # "c" is not probed at step 50: no averaged point
+    assert (a["metric"], a["step"], a["steps"]) == ("a", 50, [40, 50])
+    assert (a["value"], a["ci_low"], a["ci_high"]) == pytest.approx((0.3, 0.2, 0.4))
+    assert (a["kl"], a["kl_ci_low"], a["kl_ci_high"]) == pytest.approx((1.5, 1.4, 1.6))
+    assert b["value"] == pytest.approx(0.6) and b["ci_low"] is None
+    one = end_point({50: rows[50]})  # one evaluation: exactly the run's rows
+    assert one == [{**r, "steps": [50]} for r in rows[50]]
 
 
 def test_a_stronger_leash_ends_at_a_smaller_kl(sweep_run):
