@@ -10,8 +10,9 @@ PPO's early stop fire, and are a β sweep's end KLs ordered by β (docs/results_
 One JSON line per run: the share of steps where `ppo/early_stop` fired, the mean optimizer updates per step
 (of ppo_epochs x rollout/minibatch), the mean `ppo/approx_kl` (per token, k3 of pi_old vs pi) and entropy, the
 probe KL (`probe/kl`, Rao-Blackwellised, with its interval, beside k1 / k3) at every probe step, and the
-jump statistics: the largest ratio between consecutive probe KLs (up or down; probe steps after the first
-whose KL is at least `--floor`), and the number of drops whose intervals do not overlap. For each `pmopt
+jump statistics: the largest rise and the largest fall between consecutive probe KLs, as ratios (probe steps
+after step 0, where the KL is 0, whose KL is at least `--floor`), and the number of falls whose
+intervals do not overlap. For each `pmopt
 run` directory with a β sweep, the end KL of every β and whether they are ordered by β.
 """
 
@@ -85,16 +86,20 @@ def summarize_run(run_dir: Path, floor: float) -> dict:
             "updates_per_step": _mean([r["ppo/updates"] for r in train]),
             "approx_kl": _mean([r["ppo/approx_kl"] for r in train]),
             "entropy": _mean([r["ppo/entropy"] for r in train]),
-            "train_kl_max_ratio": max_ratio([r["ppo/kl"] for r in train], floor),
-            "probe_kl": probe_kl, "probe_kl_max_ratio": max_ratio([k for _, k, *_ in probe_kl[1:]], floor),
-            "probe_kl_separated_drops": separated_drops(probe_kl)}
+            "train_kl_max_rise": max_ratio([r["ppo/kl"] for r in train[1:]], floor, rise=True),
+            "train_kl_max_fall": max_ratio([r["ppo/kl"] for r in train[1:]], floor, rise=False),
+            "probe_kl": probe_kl,
+            "probe_kl_max_rise": max_ratio([k for s, k, *_ in probe_kl if s > 0], floor, rise=True),
+            "probe_kl_max_fall": max_ratio([k for s, k, *_ in probe_kl if s > 0], floor, rise=False),
+            "probe_kl_separated_falls": separated_drops(probe_kl)}
 
 
-def max_ratio(values: list[float], floor: float) -> float | None:
-    """The largest max(a/b, b/a) between consecutive values, both at least `floor` (None: fewer than 2)."""
+def max_ratio(values: list[float], floor: float, rise: bool) -> float | None:
+    """The largest b/a (rise) or a/b (fall) between consecutive values a, b, both at least `floor`; 1.0 when
+    none rises (falls); None with fewer than 2 values."""
     kept = [v for v in values if v is not None and v >= floor]
-    ratios = [max(a / b, b / a) for a, b in zip(kept, kept[1:], strict=False)]
-    return max(ratios) if ratios else None
+    ratios = [b / a if rise else a / b for a, b in zip(kept, kept[1:], strict=False)]
+    return max([1.0, *ratios]) if ratios else None
 
 
 def separated_drops(probe_kl: list[tuple]) -> int:

@@ -288,10 +288,12 @@ def update(cfg: PPOConfig, accelerator, model, optimizer, scheduler, batch: Batc
 
     With `train.target_kl`, the remaining passes are skipped once a minibatch's approx_kl (averaged over
     processes, so every process stops together) exceeds it (the early stop of cleanrl / OpenAI baselines).
+    `ppo/early_stop` is 1 only when updates were skipped: after the last minibatch nothing is left to stop.
     """
     t = cfg.train
     totals: dict[str, float] = {}
     n_micro = updates = 0
+    planned = t.ppo_epochs * -(-sizes.rollout // sizes.minibatch)
     for epoch in range(t.ppo_epochs):
         # A generator seeded by (seed, step, epoch): a resumed run shuffles exactly as an uninterrupted one.
         generator = torch.Generator().manual_seed((cfg.seed * 1_000_003 + step) * 1_009 + epoch)
@@ -306,7 +308,8 @@ def update(cfg: PPOConfig, accelerator, model, optimizer, scheduler, batch: Batc
                 mb_kl += stats["ppo/approx_kl"] / t.gradient_accumulation_steps
                 n_micro += 1
             updates += 1
-            if t.target_kl is not None and global_means(accelerator, {"kl": mb_kl}, 1.0)["kl"] > t.target_kl:
+            if (t.target_kl is not None and updates < planned
+                    and global_means(accelerator, {"kl": mb_kl}, 1.0)["kl"] > t.target_kl):
                 return {**{k: v / n_micro for k, v in totals.items()}, "ppo/updates": updates, "ppo/early_stop": 1.0}
     return {**{k: v / n_micro for k, v in totals.items()}, "ppo/updates": updates, "ppo/early_stop": 0.0}
 
