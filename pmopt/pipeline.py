@@ -304,8 +304,19 @@ def validate_experiment(cfg: ExperimentConfig, run: Path) -> None:
         for ppo_cfg in ppo_configs(cfg, run).values():
             check_ppo_inputs(ppo_cfg)
             check_betas(cfg.ppo.betas, ppo_cfg)
+            check_one_kl_axis(cfg.bon.sampling, ppo_cfg.sampling)
         if cfg.ppo.end_evaluations < 1:
             raise ConfigError(f"ppo.end_evaluations: must be >= 1, got {cfg.ppo.end_evaluations}")
+
+
+def check_one_kl_axis(bon_sampling, rl_sampling) -> None:
+    """Best-of-N's KL and RL's are to the base policy's next-token distribution at each one's sampling settings
+    (docs/ARCHITECTURE.md §6, §7): the report puts them on one axis, so those settings must agree."""
+    for key in ("temperature", "top_k", "top_p"):
+        bon_value, rl_value = getattr(bon_sampling, key), getattr(rl_sampling, key)
+        if bon_value != rl_value:
+            raise ConfigError(f"ppo: the PPO config's sampling.{key} ({rl_value}) differs from bon.sampling.{key} "
+                              f"({bon_value}): best-of-N's and RL's KL would be to different base distributions")
 
 
 # ----------------------------------------------------------------------------- the job

@@ -6,6 +6,8 @@ PPO's early stop fire, and are a β sweep's end KLs ordered by β (docs/results_
         --set train.learning_rate=1e-4 --out DIR --jobs 2
     # the summary of finished runs: PPO run directories, or `pmopt run` directories (every ppo/**/metrics.jsonl)
     python scripts/kl_axis.py summarize DIR...
+    # docs/results_rl.md's tables from a `pmopt run --seeds` directory's aggregated RUN/ppo/curves.jsonl
+    python scripts/kl_axis.py tables RUN [--steps 0,1,2,5,10,20,60]
 
 One JSON line per run: the share of steps where `ppo/early_stop` fired, the mean optimizer updates per step
 (of ppo_epochs x rollout/minibatch), the mean `ppo/approx_kl` (per token, k3 of pi_old vs pi) and entropy, the
@@ -129,6 +131,42 @@ def sweep_order(run_dir: Path) -> list[dict]:
     return out
 
 
+TABLE_METRICS = (("probe/answer/syco_rate", "syco_rate"), ("gold/reward", "gold"), ("pm/score", "PM score"))
+
+
+def tables(run: Path, steps: list[int]) -> str:
+    """Markdown tables of RUN/ppo/curves.jsonl: per RL curve, one row per step (a run) or per β (a sweep) with
+    the KL and each metric of TABLE_METRICS as value [95% interval] (over seeds when the run aggregated seeds),
+    and each seed's KL."""
+    from pmopt.io import read_jsonl
+
+    rows = read_jsonl(run / "ppo" / "curves.jsonl")
+    out = []
+    for rl_method, pm in dict.fromkeys((r["rl_method"], r["pm"]) for r in rows):
+        curve = [r for r in rows if (r["rl_method"], r["pm"]) == (rl_method, pm)]
+        sweep = rl_method.endswith("-beta-sweep")
+        key = "beta" if sweep else "step"
+        points = list(dict.fromkeys(r[key] for r in curve if sweep or r["step"] in steps))
+        header = ["β" if sweep else "step", "KL [95% CI]", "KL per seed", *(name for _, name in TABLE_METRICS)]
+        out += [f"**{pm}, {rl_method}**", "", "| " + " | ".join(header) + " |",
+                "|" + "---|" * len(header)]
+        for point in points:
+            at = {r["metric"]: r for r in curve if r[key] == point}
+            first = next(iter(at.values()))
+            seeds = ", ".join(f"{k:.2f}" for k in first.get("kl_seed_values", [])) or "-"
+            label = "base" if sweep and point is None else f"{point:g}"
+            cells = [label, _interval(first["kl"], first.get("kl_ci_low"), first.get("kl_ci_high")), seeds]
+            cells += [_interval(at[m]["value"], at[m].get("ci_low"), at[m].get("ci_high")) if m in at else "-"
+                      for m, _ in TABLE_METRICS]
+            out.append("| " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+def _interval(value, low, high) -> str:
+    return f"{value:.2f}" + (f" [{low:.2f}, {high:.2f}]" if low is not None and high is not None else "")
+
+
 def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
@@ -159,7 +197,13 @@ def main(argv: list[str] | None = None) -> int:
     summary = sub.add_parser("summarize", help="statistics of finished runs")
     summary.add_argument("paths", nargs="+", type=Path, help="PPO run or `pmopt run` directories")
     summary.add_argument("--floor", type=float, default=0.05, help="KLs below this are left out of the jump ratios")
+    table = sub.add_parser("tables", help="markdown tables of a run's RL curves")
+    table.add_argument("run", type=Path, help="a `pmopt run` directory")
+    table.add_argument("--steps", default="0,1,2,5,10,20,60", help="the steps of a plain run's table")
     args = parser.parse_args(argv)
+    if args.command == "tables":
+        print(tables(args.run, [int(s) for s in args.steps.split(",")]))
+        return 0
     if args.command == "summarize":
         summarize(args.paths, args.floor)
         return 0

@@ -83,6 +83,16 @@ def test_run_with_a_bad_beta_exits_2_before_any_stage(tmp_path, capsys):
     assert not (out / "world").exists()
 
 
+def test_best_of_n_and_rl_must_sample_alike_to_share_the_kl_axis():
+    from pmopt.pipeline import check_one_kl_axis
+    from pmopt.sampling import SamplingConfig
+
+    check_one_kl_axis(SamplingConfig(max_new_tokens=24), SamplingConfig(max_new_tokens=16))  # lengths may differ
+    for key, value in (("temperature", 0.7), ("top_p", 0.9), ("top_k", 5)):
+        with pytest.raises(ConfigError, match=f"sampling.{key}.*different base distributions"):
+            check_one_kl_axis(SamplingConfig(), SamplingConfig(**{key: value}))
+
+
 def test_run_dir_names_keep_distinct_betas_apart():
     assert [run_dir_name(b) for b in (1, 1.0, 0.03, 1e-05)] == ["beta-1.0", "beta-1.0", "beta-0.03", "beta-1e-05"]
     assert run_dir_name(0.1234567) != run_dir_name(0.1234568)
