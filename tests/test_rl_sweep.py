@@ -257,3 +257,54 @@ def test_each_ppo_run_optimises_the_reward_its_entry_names(tmp_path):
     assert gold == {"kind": "gold", "path": str(run / "world"), "prefix": "none", "name": "gold"}
     with pytest.raises(ConfigError, match="ppo.pms: unknown PM 'raters'"):
         ppo_run_values(cfg, run, "raters")
+
+
+# ============================================================================ the KL axis over seeds (slow)
+
+AXIS_BETAS = (3.0, 1.0, 0.3)  # decreasing: the end KL must rise along them
+AXIS_SEEDS = (0, 1, 2)
+
+
+def axis_sweep(out: Path, world: Path, seed: int, learning_rate: float = 1e-4) -> tuple[list[dict], dict]:
+    """A β sweep of short PPO runs on the tiny world against its raters' (agreement-biased) reward: the sweep
+    curve and, per β, the run's (step, probe KL) pairs."""
+    from pmopt.rl.beta_sweep import run_beta_sweep
+
+    cfg = rl_config(policy={"path": str(world / "policy")}, prompts={"world": str(world), "n_prompts": 64,
+                                                                     "templates": {"suggest_wrong": 1.0}},
+                    reward={"kind": "raters"}, seed=seed, sampling={"max_new_tokens": 16},
+                    train={"steps": 12, "rollout_batch_size": 16, "minibatch_size": 8, "ppo_epochs": 2,
+                           "target_kl": 0.05, "learning_rate": learning_rate},
+                    probes={**SWEEP_PROBES, "every": 2, "samples_per_prompt": 2, "max_prompts": 48},
+                    checkpoint={"every": 100, "keep": 1}, threads=1)
+    curve = run_beta_sweep(cfg, out, AXIS_BETAS, end_evaluations=2)
+    kls = {beta: [(r["step"], r["kl"]) for r in read_jsonl(out / run_dir_name(beta) / "curves.jsonl")
+                  if r["metric"] == "pm/score"] for beta in AXIS_BETAS}
+    return curve, kls
+
+
+def kl_axis_margins(curve: list[dict], kls: dict) -> dict[str, float]:
+    """What the slow test asserts, as margins (> 0: holds): per run, the largest jump between consecutive probe
+    KLs after step 0 (either way) is under 10x, and the KL at the last step is at least 1.5x the KL at step 1;
+    the sweep's end KLs rise by at least 1.2x at each step down in β."""
+    margins = {}
+    for beta, points in kls.items():
+        values = [k for step, k in points if step > 0]
+        jumps = [max(b / a, a / b) for a, b in zip(values, values[1:], strict=False)]
+        margins[f"beta={beta}: no 10x jump"] = 10.0 - max(jumps)
+        margins[f"beta={beta}: rises"] = values[-1] / values[0] - 1.5
+    ends = [next(r["kl"] for r in curve if r["beta"] == beta and r["metric"] == "pm/score") for beta in AXIS_BETAS]
+    for i in range(1, len(AXIS_BETAS)):
+        margins[f"end KL at beta={AXIS_BETAS[i]} over beta={AXIS_BETAS[i - 1]}"] = ends[i] / ends[i - 1] - 1.2
+    return margins
+
+
+@pytest.mark.slow
+def test_kl_rises_with_steps_and_end_kls_are_ordered_by_beta_over_seeds(tmp_path, tiny_world):
+    """On 3 seeds of short PPO runs at the default learning rate of the world configs: each run's probe KL
+    (Rao-Blackwellised) rises from step to step without order-of-magnitude jumps, and the β sweep's end KLs
+    (each the mean of the last two evaluations) are ordered by β. About 2 min on 2 idle cores."""
+    for seed in AXIS_SEEDS:
+        margins = kl_axis_margins(*axis_sweep(tmp_path / f"seed-{seed}", tiny_world, seed))
+        failing = {k: round(v, 3) for k, v in margins.items() if v <= 0}
+        assert not failing, (seed, failing, margins)
