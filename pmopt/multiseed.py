@@ -7,7 +7,8 @@ with another thread count, so fixing it per seed keeps every seed's results, and
 independent of the parallelism. The aggregate (`pmopt.analysis.seeds`) is written where a single run
 keeps its results, so `pmopt report` and the claim read a multi-seed run like any other:
 
-    RUN/bon/curves.jsonl, RUN/ppo/curves.jsonl   curve points over seeds (value, interval, seed_values)
+    RUN/bon/curves.jsonl, RUN/ppo/curves.jsonl   curve points over seeds (value, interval, seed_values; RL's KL
+                                                 with its interval over seeds too), and their curves.csv
     RUN/aggregate/world_stats.json, RUN/aggregate/probe_metrics.json   per-seed numbers with mean/min/max
     RUN/claims.json                              each seed's verdict on the claim and the sentence they support
 """
@@ -22,9 +23,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pmopt import console
-from pmopt.analysis.claims import bon_claim, headline, summary_line, verdict_sentence
+from pmopt.analysis.claims import bon_claim, headline, rl_headline, rl_result, summary_line, verdict_sentence
 from pmopt.analysis.seeds import aggregate_rows, aggregate_scalars
-from pmopt.io import Manifest, atomic_write_json, atomic_write_jsonl, read_jsonl
+from pmopt.io import Manifest, atomic_write_json, read_jsonl
 from pmopt.records import write_curves
 from pmopt.workers import pool as worker_pool
 
@@ -156,8 +157,7 @@ def aggregate(cfg, run: Path) -> dict:
         per_seed = {k: read_jsonl(d / stage / "curves.jsonl") for k, d in dirs.items()
                     if (d / stage / "curves.jsonl").is_file()}
         if len(per_seed) == len(dirs):
-            rows = aggregate_rows(per_seed, n_boot=cfg.bon.n_boot, seed=0)
-            write_curves(run / stage, rows, "bon") if stage == "bon" else atomic_write_jsonl(run / stage / "curves.jsonl", rows)
+            write_curves(run / stage, aggregate_rows(per_seed, n_boot=cfg.bon.n_boot, seed=0), stage)
     for name, relative in (("world_stats", "world/world_stats.json"), ("probe_metrics", "probes/metrics.json")):
         per_seed = {k: json.loads((d / relative).read_text(encoding="utf-8")) for k, d in dirs.items()
                     if (d / relative).is_file()}
@@ -170,16 +170,21 @@ def aggregate(cfg, run: Path) -> dict:
 
 
 def claims_summary(per_seed: dict[int, dict | None], curves: Path) -> dict:
-    """claims.json: the claim on the (aggregated) curves, each seed's verdict, and the sentence."""
+    """claims.json: the claim on the (aggregated) best-of-N curves, each seed's verdict, the sentence, and RL's
+    result on the same metric from the run's ppo/curves.jsonl beside bon/ (null without a PPO stage)."""
     overall = bon_claim(read_jsonl(curves)) if curves.is_file() else None
+    rl_curves = curves.parent.parent / "ppo" / "curves.jsonl"
     return {"claim": overall, "per_seed": {str(k): c for k, c in sorted(per_seed.items())},
-            "verdict": verdict_sentence(per_seed)}
+            "verdict": verdict_sentence(per_seed), "rl": rl_result(read_jsonl(rl_curves)) if rl_curves.is_file() else None}
 
 
 def print_headline(claims: dict) -> None:
-    """The run's closing lines: the claim's numbers with intervals, then the verdict over seeds."""
+    """The run's closing lines: the claim's numbers with intervals, RL's beside them, then the verdict over seeds."""
     if claims.get("claim") is not None:
         for line in headline(claims["claim"]):
+            console.result(f"run: {line}")
+    if claims.get("rl") is not None:
+        for line in rl_headline(claims["rl"]):
             console.result(f"run: {line}")
     console.result(f"run: {claims['verdict']}")
 

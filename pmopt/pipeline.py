@@ -76,6 +76,8 @@ class PPOStage:
     # fixed KL coefficients (kl.beta) swept: one run per (pm, beta) in ppo/<pm>/beta-<b>/, each run's last
     # probe point one point of the PM's RL beta-sweep curve (pmopt.rl.beta_sweep); empty: one run per PM
     betas: list[float] = field(default_factory=list)
+    # probe evaluations each beta run's end point averages (value, KL and intervals: pmopt.rl.beta_sweep)
+    end_evaluations: int = 3
 
 
 @dataclass
@@ -251,7 +253,8 @@ def merged(base: dict, values: dict) -> dict:
 def stage_ppo(cfg: ExperimentConfig, run: Path, manifest: Manifest) -> None:
     """One PPO run per PM (each resumes on its own), then their curves merged for the report; with
     `ppo.betas`, one run per (PM, beta) and only the beta-sweep curves merged."""
-    from pmopt.io import atomic_write_jsonl, read_jsonl
+    from pmopt.io import read_jsonl
+    from pmopt.records import write_curves
     from pmopt.rl.beta_sweep import run_beta_sweep, run_dir_name
     from pmopt.rl.command import run_rl
 
@@ -261,11 +264,12 @@ def stage_ppo(cfg: ExperimentConfig, run: Path, manifest: Manifest) -> None:
         if cfg.ppo.betas:  # each finished run marked in the run's manifest as ppo/<pm>/beta-<b>
             rows += run_beta_sweep(ppo_cfg, run / "ppo" / pm, cfg.ppo.betas,
                                    on_run_done=lambda beta, _, pm=pm: manifest.mark(f"ppo/{pm}/{run_dir_name(beta)}",
-                                                                                    "done"))
+                                                                                    "done"),
+                                   end_evaluations=cfg.ppo.end_evaluations)
             continue
         out = run_rl(ppo_cfg, run / "ppo" / pm)
         rows += read_jsonl(Path(out) / "curves.jsonl")
-    atomic_write_jsonl(run / "ppo" / "curves.jsonl", rows)
+    write_curves(run / "ppo", rows, "ppo")
 
 
 def ppo_configs(cfg: ExperimentConfig, run: Path) -> dict:
@@ -321,6 +325,19 @@ def validate_experiment(cfg: ExperimentConfig, run: Path) -> None:
         for ppo_cfg in ppo_configs(cfg, run).values():
             check_ppo_inputs(ppo_cfg)
             check_betas(cfg.ppo.betas, ppo_cfg)
+            check_one_kl_axis(cfg.bon.sampling, ppo_cfg.sampling)
+        if cfg.ppo.end_evaluations < 1:
+            raise ConfigError(f"ppo.end_evaluations: must be >= 1, got {cfg.ppo.end_evaluations}")
+
+
+def check_one_kl_axis(bon_sampling, rl_sampling) -> None:
+    """Best-of-N's KL and RL's are to the base policy's next-token distribution at each one's sampling settings
+    (docs/ARCHITECTURE.md §6, §7): the report puts them on one axis, so those settings must agree."""
+    for key in ("temperature", "top_k", "top_p"):
+        bon_value, rl_value = getattr(bon_sampling, key), getattr(rl_sampling, key)
+        if bon_value != rl_value:
+            raise ConfigError(f"ppo: the PPO config's sampling.{key} ({rl_value}) differs from bon.sampling.{key} "
+                              f"({bon_value}): best-of-N's and RL's KL would be to different base distributions")
 
 
 def check_vllm_world(cfg: ExperimentConfig) -> None:

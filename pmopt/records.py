@@ -85,14 +85,17 @@ def validate_score(record: dict, error) -> None:
 # ----------------------------------------------------------------------------- curve rows
 #
 # One row per (method, reward, x, metric): best-of-N rows are indexed by n (the KL is the bound
-# log n - (n-1)/n of Beirami et al. 2024), RL rows by step (the KL measured on the probe samples).
+# log n - (n-1)/n of Beirami et al. 2024, `kl_kind: "bound"`), RL rows by step (the KL measured on the probe
+# samples, `kl_kind: "rao_blackwell"`: the exact per-position KL summed over each sampled response, averaged
+# over samples, with its 95% interval in `kl_ci_low` / `kl_ci_high`; rows written before it say "measured",
+# the mean k3 sum). RL_KL_KIND names the current one.
 
 CURVES_JSONL, CURVES_CSV = "curves.jsonl", "curves.csv"
 CURVE_X = {"bon": "n", "ppo": "step"}
 CURVE_COLUMNS = {
     "bon": ("method", "pm", "n", "kl", "kl_kind", "metric", "value", "ci_low", "ci_high", "n_prompts"),
-    "ppo": ("method", "rl_method", "pm", "step", "kl", "kl_kind", "kl_source", "metric", "value", "ci_low",
-            "ci_high"),
+    "ppo": ("method", "rl_method", "pm", "step", "kl", "kl_ci_low", "kl_ci_high", "kl_kind", "kl_source", "metric",
+            "value", "ci_low", "ci_high"),
 }
 
 
@@ -106,8 +109,13 @@ def bon_curve_row(pm: str, n: int, kl: float, metric: str, value: float, low, hi
             "n_prompts": int(n_prompts)}
 
 
-def rl_curve_row(rl_method: str, pm: str, step: int, kl: float, metric: str, value: float, low, high) -> dict:
-    return {"method": "ppo", "rl_method": rl_method, "pm": pm, "step": int(step), "kl": kl, "kl_kind": "measured",
+RL_KL_KIND = "rao_blackwell"
+
+
+def rl_curve_row(rl_method: str, pm: str, step: int, kl: float, metric: str, value: float, low, high,
+                 kl_low=None, kl_high=None) -> dict:
+    return {"method": "ppo", "rl_method": rl_method, "pm": pm, "step": int(step), "kl": kl,
+            "kl_ci_low": _finite_or_none(kl_low), "kl_ci_high": _finite_or_none(kl_high), "kl_kind": RL_KL_KIND,
             "kl_source": "probe", "metric": metric, "value": value, "ci_low": _finite_or_none(low),
             "ci_high": _finite_or_none(high)}
 
@@ -115,7 +123,8 @@ def rl_curve_row(rl_method: str, pm: str, step: int, kl: float, metric: str, val
 def validate_curve_row(record: dict, error) -> None:
     """Curve row: {method: bon|ppo, pm, n (bon) | step (ppo), kl, metric, value, ci_low, ci_high}.
 
-    `kl`, `ci_low` and `ci_high` may be null (no KL estimate / no interval); `value` must be a number.
+    `kl`, `ci_low` and `ci_high` may be null (no KL estimate / no interval); `value` must be a number; the
+    optional `kl_ci_low` / `kl_ci_high` (RL rows) are numbers or null.
     """
     method = record.get("method")
     if method not in CURVE_X:
@@ -134,6 +143,9 @@ def validate_curve_row(record: dict, error) -> None:
         if field not in record:
             raise error(field, "missing (use null when there is no value)")
         if record[field] is not None and not is_number(record[field]):
+            raise error(field, f"expected a number or null, got {record[field]!r}")
+    for field in ("kl_ci_low", "kl_ci_high"):
+        if record.get(field) is not None and not is_number(record[field]):
             raise error(field, f"expected a number or null, got {record[field]!r}")
 
 

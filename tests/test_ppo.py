@@ -305,7 +305,7 @@ def test_ppo_run_trains_logs_and_writes_curves(tmp_path, tiny_world):
     curves = read_jsonl(out / "curves.jsonl", validate_curve_row)
     assert {r["step"] for r in curves} == {0, 1, 2}
     assert {"probe/answer/syco_rate", "pm/score", "gold/reward"} <= {r["metric"] for r in curves}
-    assert all(r["kl_kind"] == "measured" and r["pm"] == "gold" for r in curves)
+    assert all(r["kl_kind"] == "rao_blackwell" and r["pm"] == "gold" for r in curves)
     assert all(r["kl"] == 0.0 for r in curves if r["step"] == 0)
     assert (out / "curves.csv").read_text().startswith("method,rl_method,pm,step,kl")
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-000002"]  # keep=1 pruned step 1

@@ -83,6 +83,16 @@ def test_run_with_a_bad_beta_exits_2_before_any_stage(tmp_path, capsys):
     assert not (out / "world").exists()
 
 
+def test_best_of_n_and_rl_must_sample_alike_to_share_the_kl_axis():
+    from pmopt.pipeline import check_one_kl_axis
+    from pmopt.sampling import SamplingConfig
+
+    check_one_kl_axis(SamplingConfig(max_new_tokens=24), SamplingConfig(max_new_tokens=16))  # lengths may differ
+    for key, value in (("temperature", 0.7), ("top_p", 0.9), ("top_k", 5)):
+        with pytest.raises(ConfigError, match=f"sampling.{key}.*different base distributions"):
+            check_one_kl_axis(SamplingConfig(), SamplingConfig(**{key: value}))
+
+
 def test_run_dir_names_keep_distinct_betas_apart():
     assert [run_dir_name(b) for b in (1, 1.0, 0.03, 1e-05)] == ["beta-1.0", "beta-1.0", "beta-0.03", "beta-1e-05"]
     assert run_dir_name(0.1234567) != run_dir_name(0.1234568)
@@ -137,18 +147,40 @@ def test_sweep_writes_one_run_per_pm_and_beta_marked_in_the_manifest(sweep_run):
         assert steps == [0, 1, 2, 4, 8, 12]  # dense to step 2, then every 4: the schedule in a real run
 
 
-def test_sweep_curve_is_each_runs_final_rows(sweep_run):
+def test_sweep_curve_is_each_runs_mean_of_its_last_three_evaluations(sweep_run):
     curve = sweep_curve(sweep_run)
     assert {r["rl_method"] for r in curve} == {"ppo-beta-sweep"} and {r["pm"] for r in curve} == {"gold"}
     metrics = {r["metric"] for r in curve}
     assert {"gold/reward", "pm/score", "probe/answer/syco_rate"} <= metrics
     base = read_jsonl(sweep_run / "ppo" / "gold" / run_dir_name(STRONG) / "curves.jsonl")
-    expected = [{**r, "rl_method": "ppo-beta-sweep", "beta": None} for r in base if r["step"] == 0]
+    assert [r for r in curve if r["beta"] is None] == [
+        {**r, "rl_method": "ppo-beta-sweep", "beta": None, "steps": [0]} for r in base if r["step"] == 0]
     for beta in (STRONG, WEAK):
         rows = read_jsonl(sweep_run / "ppo" / "gold" / run_dir_name(beta) / "curves.jsonl")
-        expected += [{**r, "rl_method": "ppo-beta-sweep", "beta": beta} for r in rows if r["step"] == SWEEP_STEPS]
-    assert curve == expected  # exactly: value, KL and interval are the runs' own
+        for point in (r for r in curve if r["beta"] == beta):
+            members = [r for r in rows if r["metric"] == point["metric"] and r["step"] in (4, 8, SWEEP_STEPS)]
+            assert point["steps"] == [4, 8, SWEEP_STEPS] and point["step"] == SWEEP_STEPS
+            for field in ("value", "kl", "kl_ci_low", "kl_ci_high", "ci_low", "ci_high"):
+                assert point[field] == pytest.approx(np.mean([r[field] for r in members])), field
     assert [sum(r["beta"] == b for r in curve) for b in (None, STRONG, WEAK)] == [len(metrics)] * 3
+    assert (sweep_run / "ppo" / "curves.csv").read_text().startswith("method,rl_method,pm,step,kl,kl_ci_low")
+
+
+def test_end_point_averages_steps_and_keeps_missing_bounds_missing():
+    from pmopt.rl.beta_sweep import end_point
+
+    def at(step, metric, value, low, kl):
+        return rl_curve_row("ppo", "proxy", step, kl, metric, value, low, value + 0.1, kl - 0.1, kl + 0.1)
+
+    rows = {40: [at(40, "a", 0.2, 0.1, 1.0), at(40, "b", 0.5, None, 1.0), at(40, "c", 0.1, 0.0, 1.0)],
+            50: [at(50, "a", 0.4, 0.3, 2.0), at(50, "b", 0.7, 0.6, 2.0)]}
+    a, b = end_point(rows)  # "c" is not probed at step 50: no averaged point
+    assert (a["metric"], a["step"], a["steps"]) == ("a", 50, [40, 50])
+    assert (a["value"], a["ci_low"], a["ci_high"]) == pytest.approx((0.3, 0.2, 0.4))
+    assert (a["kl"], a["kl_ci_low"], a["kl_ci_high"]) == pytest.approx((1.5, 1.4, 1.6))
+    assert b["value"] == pytest.approx(0.6) and b["ci_low"] is None
+    one = end_point({50: rows[50]})  # one evaluation: exactly the run's rows
+    assert one == [{**r, "steps": [50]} for r in rows[50]]
 
 
 def test_a_stronger_leash_ends_at_a_smaller_kl(sweep_run):
@@ -198,7 +230,7 @@ def test_fits_fit_the_sweep_curve_with_the_rl_form():
     sweep = [f for f in fits if f["rl_method"] == "ppo-beta-sweep"]
     assert len(sweep) == 1 and len(fits) == 2  # the step curve is fitted apart
     fit = sweep[0]
-    assert (fit["form"], fit["label"], fit["n_points"], fit["kl_kind"]) == ("rl", "proxy (PPO β sweep)", 4, "measured")
+    assert (fit["form"], fit["label"], fit["n_points"], fit["kl_kind"]) == ("rl", "proxy (PPO β sweep)", 4, "rao_blackwell")
     np.testing.assert_allclose([fit["alpha"], fit["beta"], fit["r2"]], [0.4, 0.3, 1.0], rtol=1e-9)
     assert fit["peak"]["kl"] == pytest.approx(math.exp(0.4 / 0.3 - 1) ** 2)  # d* = exp(alpha/beta - 1)
 
@@ -225,3 +257,54 @@ def test_each_ppo_run_optimises_the_reward_its_entry_names(tmp_path):
     assert gold == {"kind": "gold", "path": str(run / "world"), "prefix": "none", "name": "gold"}
     with pytest.raises(ConfigError, match="ppo.pms: unknown PM 'raters'"):
         ppo_run_values(cfg, run, "raters")
+
+
+# ============================================================================ the KL axis over seeds (slow)
+
+AXIS_BETAS = (3.0, 1.0, 0.3)  # decreasing: the end KL must rise along them
+AXIS_SEEDS = (0, 1, 2)
+
+
+def axis_sweep(out: Path, world: Path, seed: int, learning_rate: float = 1e-4) -> tuple[list[dict], dict]:
+    """A β sweep of short PPO runs on the tiny world against its raters' (agreement-biased) reward: the sweep
+    curve and, per β, the run's (step, probe KL) pairs."""
+    from pmopt.rl.beta_sweep import run_beta_sweep
+
+    cfg = rl_config(policy={"path": str(world / "policy")}, prompts={"world": str(world), "n_prompts": 64,
+                                                                     "templates": {"suggest_wrong": 1.0}},
+                    reward={"kind": "raters"}, seed=seed, sampling={"max_new_tokens": 16},
+                    train={"steps": 12, "rollout_batch_size": 16, "minibatch_size": 8, "ppo_epochs": 2,
+                           "target_kl": 0.05, "learning_rate": learning_rate},
+                    probes={**SWEEP_PROBES, "every": 2, "samples_per_prompt": 2, "max_prompts": 48},
+                    checkpoint={"every": 100, "keep": 1}, threads=1)
+    curve = run_beta_sweep(cfg, out, AXIS_BETAS, end_evaluations=2)
+    kls = {beta: [(r["step"], r["kl"]) for r in read_jsonl(out / run_dir_name(beta) / "curves.jsonl")
+                  if r["metric"] == "pm/score"] for beta in AXIS_BETAS}
+    return curve, kls
+
+
+def kl_axis_margins(curve: list[dict], kls: dict) -> dict[str, float]:
+    """What the slow test asserts, as margins (> 0: holds): per run, the largest jump between consecutive probe
+    KLs after step 0 (either way) is under 10x, and the KL at the last step is at least 1.5x the KL at step 1;
+    the sweep's end KLs rise by at least 1.2x at each step down in β."""
+    margins = {}
+    for beta, points in kls.items():
+        values = [k for step, k in points if step > 0]
+        jumps = [max(b / a, a / b) for a, b in zip(values, values[1:], strict=False)]
+        margins[f"beta={beta}: no 10x jump"] = 10.0 - max(jumps)
+        margins[f"beta={beta}: rises"] = values[-1] / values[0] - 1.5
+    ends = [next(r["kl"] for r in curve if r["beta"] == beta and r["metric"] == "pm/score") for beta in AXIS_BETAS]
+    for i in range(1, len(AXIS_BETAS)):
+        margins[f"end KL at beta={AXIS_BETAS[i]} over beta={AXIS_BETAS[i - 1]}"] = ends[i] / ends[i - 1] - 1.2
+    return margins
+
+
+@pytest.mark.slow
+def test_kl_rises_with_steps_and_end_kls_are_ordered_by_beta_over_seeds(tmp_path, tiny_world):
+    """On 3 seeds of short PPO runs at the default learning rate of the world configs: each run's probe KL
+    (Rao-Blackwellised) rises from step to step without order-of-magnitude jumps, and the β sweep's end KLs
+    (each the mean of the last two evaluations) are ordered by β. About 2 min on 2 idle cores."""
+    for seed in AXIS_SEEDS:
+        margins = kl_axis_margins(*axis_sweep(tmp_path / f"seed-{seed}", tiny_world, seed))
+        failing = {k: round(v, 3) for k, v in margins.items() if v <= 0}
+        assert not failing, (seed, failing, margins)

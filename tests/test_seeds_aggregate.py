@@ -97,3 +97,39 @@ def test_headline_and_verdict_carry_the_numbers():
     assert sentence.startswith("on 2 of 3 seeds the proxy PM's best-of-16 syco_rate rises")
     assert "+0.40 to +0.44" in sentence
     assert "not measured" in verdict_sentence({0: None})
+
+
+def rl_row(pm, step, metric, value, low, high, kl, kl_low, kl_high, beta=None, rl_method="ppo"):
+    from pmopt.records import rl_curve_row
+
+    return {**rl_curve_row(rl_method, pm, step, kl, metric, value, low, high, kl_low, kl_high), "beta": beta}
+
+
+def test_rl_rows_get_the_kls_interval_over_seeds_from_the_same_draws():
+    """The KL of an RL point is aggregated as its value is: mean over seeds, two-stage interval, each seed's KL."""
+    rows = {s: [rl_row("proxy", 0, "m", 0.5, 0.4, 0.6, 0.0, 0.0, 0.0),
+                rl_row("proxy", 60, "m", 0.9, 0.8, 1.0, kl, kl - 0.2, kl + 0.2)] for s, kl in ((0, 1.0), (1, 2.0))}
+    base, end = aggregate_rows(rows, n_boot=2000)
+    assert (base["kl"], base["kl_ci_low"], base["kl_ci_high"]) == (0.0, 0.0, 0.0)
+    assert end["kl"] == pytest.approx(1.5) and end["kl_seed_values"] == [1.0, 2.0]
+    _, low, high = two_stage_bootstrap(np.array([[1.0, 2.0]]), np.array([[0.8, 1.8]]), np.array([[1.2, 2.2]]), 2000)
+    assert (end["kl_ci_low"], end["kl_ci_high"]) == (pytest.approx(low[0]), pytest.approx(high[0]))
+    assert "kl_ci_low" not in aggregate_rows({0: [row("proxy", 1, "m", 0.2)], 1: [row("proxy", 1, "m", 0.3)]})[0]
+
+
+def test_rl_headline_reports_each_run_and_each_beta_with_the_kl():
+    from pmopt.analysis.claims import rl_headline, rl_result
+
+    metric = "probe/answer/syco_rate"
+    runs = [rl_row("proxy", 0, metric, 0.5, 0.4, 0.6, 0.0, 0.0, 0.0),
+            rl_row("proxy", 60, metric, 0.92, 0.85, 0.97, 2.13, 1.9, 2.4),
+            rl_row("proxy", 30, metric, 0.8, 0.7, 0.9, 1.0, 0.9, 1.1),
+            rl_row("proxy", 60, "pm/score", 1.0, 0.9, 1.1, 2.13, 1.9, 2.4)]
+    sweep = [rl_row("proxy-nonsyc", 0, metric, 0.5, 0.4, 0.6, 0.0, 0.0, 0.0, None, "ppo-beta-sweep"),
+             rl_row("proxy-nonsyc", 60, metric, 0.4, 0.3, 0.5, 0.21, 0.18, 0.25, 3.0, "ppo-beta-sweep"),
+             rl_row("proxy-nonsyc", 60, metric, 0.3, 0.2, 0.4, 1.6, 1.4, 1.8, 0.1, "ppo-beta-sweep")]
+    assert rl_headline(rl_result(runs + sweep)) == [
+        "PPO vs the proxy PM: syco_rate 0.50 -> 0.92 [0.85, 0.97] at step 60, KL 2.13 [1.90, 2.40]",
+        "PPO β sweep with the truthfulness prefix: syco_rate 0.50 -> β 3: 0.40 [0.30, 0.50] at KL 0.21 [0.18, 0.25]; "
+        "β 0.1: 0.30 [0.20, 0.40] at KL 1.60 [1.40, 1.80]"]
+    assert rl_result([row("proxy", 1, metric, 0.5)]) is None  # best-of-N rows only: no RL result

@@ -5,8 +5,9 @@ policy's sycophancy, while the same PM asked for truthfulness (the non-sycophant
 
 A seed's verdict holds when the proxy PM's value at the largest n exceeds its value at n = 1 and the
 prefixed PM's interval at the largest n lies wholly below the proxy PM's (non-overlapping 95% intervals).
-`headline`, `summary_line` and `verdict_sentence` put the numbers, with their intervals, into the words the console and the
-report print.
+`headline`, `summary_line` and `verdict_sentence` put the numbers, with their intervals, into the words the
+console and the report print. `rl_result` and `rl_headline` do the same for RL's curves beside it: each PPO run's
+first and last probe point, or each β sweep's base and end points, with the measured KL (docs/ARCHITECTURE.md §7).
 """
 
 from __future__ import annotations
@@ -69,6 +70,62 @@ def summary_line(claim: Mapping) -> str:
             f"prefixed {claim['prefixed_1']['value']:.2f} -> {_value(claim['prefixed_n'])}")
 
 
+# how the headline names a reward
+REWARD_NAMES = {PROXY: "vs the proxy PM", PREFIXED: "with the truthfulness prefix"}
+
+
+def rl_result(rows: Sequence[Mapping], metric: str = CLAIM_METRIC) -> dict | None:
+    """RL's result on `metric` from RL curve rows (one seed's or aggregated over seeds): per (rl_method, pm),
+    the base point and the end points, each {value, ci_low, ci_high, kl, kl_ci_low, kl_ci_high, step, beta}.
+    A run's end is its last probe step; a β sweep's ends are its points at each β (pmopt.rl.beta_sweep).
+    None when no RL row has `metric`."""
+    groups: dict[tuple[str, str], list[Mapping]] = {}
+    for row in rows:
+        if row.get("method") == "ppo" and row["metric"] == metric:
+            groups.setdefault((row["rl_method"], row["pm"]), []).append(row)
+    if not groups:
+        return None
+    curves = []
+    for (rl_method, pm), members in groups.items():
+        members = sorted(members, key=lambda r: r["step"])
+        sweep = rl_method.endswith("-beta-sweep")
+        ends = [r for r in members if r.get("beta") is not None] if sweep else members[-1:]
+        curves.append({"rl_method": rl_method, "pm": pm, "base": _rl_point(members[0]),
+                       "ends": [_rl_point(r) for r in ends]})
+    return {"metric": metric, "curves": curves}
+
+
+def _rl_point(row: Mapping) -> dict:
+    return {key: row.get(key) for key in ("value", "ci_low", "ci_high", "kl", "kl_ci_low", "kl_ci_high", "step",
+                                          "beta")}
+
+
+def rl_headline(result: Mapping) -> list[str]:
+    """One line per RL curve: 'PPO vs the proxy PM: syco_rate 0.50 -> 0.92 [0.85, 0.97] at step 60, KL 2.1
+    [1.9, 2.4]', a β sweep's line listing each β's end point."""
+    short = result["metric"].rsplit("/", 1)[-1]
+    lines = []
+    for curve in result["curves"]:
+        method = curve["rl_method"].removesuffix("-beta-sweep").upper()
+        sweep = curve["rl_method"].endswith("-beta-sweep")
+        who = f"{method}{' β sweep' if sweep else ''} {REWARD_NAMES.get(curve['pm'], 'vs ' + curve['pm'])}"
+        ends = "; ".join(f"β {_g(end['beta'])}: {_value(end)} at KL {_kl(end)}" if sweep else
+                         f"{_value(end)} at step {end['step']}, KL {_kl(end)}" for end in curve["ends"])
+        lines.append(f"{who}: {short} {curve['base']['value']:.2f} -> {ends}")
+    return lines
+
+
+def _g(x: float) -> str:
+    return f"{x:g}"
+
+
+def _kl(point: Mapping) -> str:
+    text = f"{point['kl']:.2f}" if point.get("kl") is not None else "n/a"
+    if point.get("kl_ci_low") is not None and point.get("kl_ci_high") is not None:
+        text += f" [{point['kl_ci_low']:.2f}, {point['kl_ci_high']:.2f}]"
+    return text
+
+
 def verdict_sentence(claims_by_seed: Mapping[int, Mapping | None]) -> str:
     """What the seeds support, e.g. 'on 3 of 3 seeds the proxy PM's best-of-32 syco_rate rises and ends above
     the prefixed PM's with non-overlapping 95% intervals (its rise from n = 1, across seeds: +0.41 to +0.52)'."""
@@ -84,4 +141,4 @@ def verdict_sentence(claims_by_seed: Mapping[int, Mapping | None]) -> str:
             f"{min(rises):+.2f} to {max(rises):+.2f})")
 
 
-__all__ = ["bon_claim", "headline", "summary_line", "verdict_sentence", "CLAIM_METRIC"]
+__all__ = ["bon_claim", "headline", "summary_line", "verdict_sentence", "rl_result", "rl_headline", "CLAIM_METRIC"]

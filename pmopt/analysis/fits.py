@@ -67,7 +67,7 @@ class Curve:
     rl_method: str | None  # "ppo" | "rloo" for RL rows; "ppo-beta-sweep" | "rloo-beta-sweep" for a β sweep
     pm: str
     metric: str
-    kl_kind: str  # "bound" | "support" (best-of-n) | "measured" (RL)
+    kl_kind: str  # "bound" | "support" (best-of-n) | the RL rows' own: "rao_blackwell" ("measured" before it)
     kl: np.ndarray
     value: np.ndarray
     sigma: np.ndarray  # NaN where a point has no interval
@@ -189,7 +189,7 @@ def curves_of(rows: list[dict], metric: str) -> tuple[list[Curve], list[dict]]:
     for (method, rl_method, pm), members in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
         x_key = "n" if method == "bon" else "step"
         members = sorted(members, key=lambda r, k=x_key: r[k])
-        kinds = {"measured": [r.get("kl") for r in members]} if method != "bon" else {
+        kinds = {members[0].get("kl_kind", "measured"): [r.get("kl") for r in members]} if method != "bon" else {
             "bound": [r.get("kl") for r in members]}
         if method == "bon" and all((pm, r["n"]) in support for r in members):
             kinds["support"] = [support[(pm, r["n"])] for r in members]

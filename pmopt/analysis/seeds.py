@@ -65,8 +65,10 @@ def two_stage_bootstrap(values: np.ndarray, lows: np.ndarray, highs: np.ndarray,
 def aggregate_rows(rows_by_seed: Mapping[int, Sequence[Mapping]], n_boot: int = 2000, seed: int = 0,
                    level: float = 0.95) -> list[dict]:
     """Curve rows over seeds: every point present in every seed's rows, in the first seed's order, with the
-    across-seed mean value (and mean `kl`: the bound is the same for every seed, PPO's measured KL is not),
-    a two-stage bootstrap interval, `n_seeds` and each seed's own value (`seed_values`, in seed order)."""
+    across-seed mean value (and mean `kl`: the bound is the same for every seed, RL's measured KL is not),
+    a two-stage bootstrap interval, `n_seeds` and each seed's own value (`seed_values`, in seed order).
+    Rows that carry a KL interval (RL's `kl_ci_low` / `kl_ci_high`) get the KL's two-stage interval over
+    seeds too, from the same seed draws, and each seed's KL (`kl_seed_values`)."""
     seeds = sorted(rows_by_seed)
     if not seeds:
         return []
@@ -79,6 +81,7 @@ def aggregate_rows(rows_by_seed: Mapping[int, Sequence[Mapping]], n_boot: int = 
     lows = np.array([[_nan(r.get("ci_low")) for r in seed_rows] for seed_rows in table])
     highs = np.array([[_nan(r.get("ci_high")) for r in seed_rows] for seed_rows in table])
     mean, low, high = two_stage_bootstrap(values, lows, highs, n_boot, seed, level)
+    kl_intervals = _kl_intervals(table, n_boot, seed, level)
     out = []
     for i, seed_rows in enumerate(table):
         row = dict(seed_rows[0])
@@ -86,8 +89,25 @@ def aggregate_rows(rows_by_seed: Mapping[int, Sequence[Mapping]], n_boot: int = 
         row.update(value=float(mean[i]), ci_low=_or_none(low[i]), ci_high=_or_none(high[i]),
                    kl=None if any(k is None for k in kls) else float(np.mean(kls)), n_seeds=len(seeds),
                    seed_values=[float(v) for v in values[i]])
+        if i in kl_intervals:
+            row.update(kl_ci_low=kl_intervals[i][0], kl_ci_high=kl_intervals[i][1],
+                       kl_seed_values=[float(k) for k in kls])
         out.append(row)
     return out
+
+
+def _kl_intervals(table: list[list[Mapping]], n_boot: int, seed: int, level: float) -> dict[int, tuple]:
+    """{point index: (low, high)} of the KL over seeds for the points whose rows carry a KL interval (RL's);
+    the same two-stage bootstrap (and seed draws) as the values."""
+    points = [i for i, rows in enumerate(table)
+              if all(r.get("kl") is not None and "kl_ci_low" in r for r in rows)]
+    if not points:
+        return {}
+    kls = np.array([[table[i][s]["kl"] for s in range(len(table[i]))] for i in points], dtype=np.float64)
+    lows = np.array([[_nan(r.get("kl_ci_low")) for r in table[i]] for i in points])
+    highs = np.array([[_nan(r.get("kl_ci_high")) for r in table[i]] for i in points])
+    _, low, high = two_stage_bootstrap(kls, lows, highs, n_boot, seed, level)
+    return {i: (_or_none(low[k]), _or_none(high[k])) for k, i in enumerate(points)}
 
 
 def _nan(value) -> float:

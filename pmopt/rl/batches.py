@@ -1,5 +1,5 @@
 """Packed batches of the RL loops and the forward passes over them: log-probs, entropies, per-token values
-and the sequence KL to the reference.
+and the sequence KL to the reference (exact per position, and the k1 / k3 sample estimates).
 
 Batch layout (the sampler's, TRL PPOv2's): queries are left-padded to a common width Q and responses
 right-padded to R, so every response starts at column Q. Positions are `cumsum(mask) - 1`, so a padded
@@ -17,7 +17,13 @@ from dataclasses import dataclass
 import torch
 
 from pmopt.io import PmoptError
-from pmopt.rl.ppo_math import entropy_from_logits, kl_penalty, logprobs_from_logits, masked_sum
+from pmopt.rl.ppo_math import (
+    entropy_from_logits,
+    kl_from_logits,
+    kl_penalty,
+    logprobs_from_logits,
+    masked_sum,
+)
 from pmopt.text import encode, render_prompt
 
 
@@ -67,11 +73,16 @@ def response_slice(full: torch.Tensor, batch: Batch) -> torch.Tensor:
     return full[:, start:start + batch.response_ids.shape[1]]
 
 
-def policy_outputs(model, batch: Batch, temperature: float, with_entropy: bool = False):
-    """(log pi(y_t | ...), entropy or None) of the response tokens under the tempered policy."""
+def response_logits(model, batch: Batch, temperature: float) -> torch.Tensor:
+    """(B, R, V) float32 logits z / T of the tempered policy at the positions that predict the response tokens."""
     out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                 position_ids=batch.position_ids, use_cache=False)
-    logits = response_slice(out.logits, batch).float() / temperature
+    return response_slice(out.logits, batch).float() / temperature
+
+
+def policy_outputs(model, batch: Batch, temperature: float, with_entropy: bool = False):
+    """(log pi(y_t | ...), entropy or None) of the response tokens under the tempered policy."""
+    logits = response_logits(model, batch, temperature)
     logprobs = logprobs_from_logits(logits, batch.response_ids)
     entropy = entropy_from_logits(logits.detach()) if with_entropy else None
     return logprobs, entropy
@@ -117,19 +128,37 @@ def reference_of(policy, ref_model):
             yield policy
 
 
+# The per-sequence KL estimates `sequence_kl` returns: the exact per-position KL summed over the response
+# (Rao-Blackwellised, `ppo_math.kl_from_logits`), and the k1 / k3 sums of the sampled tokens (TRL's kl_estimator).
+KL_ESTIMATES = ("rb", "k1", "k3")
+
+
+def token_kls(logits: torch.Tensor, ref_logits: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-token KL(policy || reference) terms of sampled `tokens` from both models' tempered logits: the exact
+    KL of the next-token distributions ("rb"), and k1 / k3 of the sampled token."""
+    logprobs, ref_logprobs = logprobs_from_logits(logits, tokens), logprobs_from_logits(ref_logits, tokens)
+    return {"rb": kl_from_logits(logits, ref_logits), "k1": kl_penalty(logprobs, ref_logprobs, "k1"),
+            "k3": kl_penalty(logprobs, ref_logprobs, "k3")}
+
+
 @torch.no_grad()
 def sequence_kl(policy, ref_model, batch: Batch, temperature: float, chunk: int) -> dict[str, torch.Tensor]:
-    """Per-sequence KL(policy || reference) estimates on sampled responses: sum_t k1 and sum_t k3."""
-    k1, k3 = [], []
+    """Per-sequence KL(policy || reference) estimates on responses sampled from the policy, {"rb", "k1", "k3"}
+    each (B,): sum over the response's tokens of `token_kls`. The distributions are both models' softmax at
+    `temperature` (the sampling distribution of PPO, which samples from the full softmax); the sum runs over
+    every generated token, the stop token included, so a truncated response counts the tokens it has."""
+    sums: dict[str, list[torch.Tensor]] = {name: [] for name in KL_ESTIMATES}
     for start in range(0, batch.input_ids.shape[0], chunk):
         part = batch.rows(torch.arange(start, min(start + chunk, batch.input_ids.shape[0])))
-        logprobs, _ = policy_outputs(policy, part, temperature)
+        logits = response_logits(policy, part, temperature)
         with reference_of(policy, ref_model) as ref:
-            ref_logprobs, _ = policy_outputs(ref, part, temperature)
-        k1.append(masked_sum(kl_penalty(logprobs, ref_logprobs, "k1"), part.response_mask, dim=1))
-        k3.append(masked_sum(kl_penalty(logprobs, ref_logprobs, "k3"), part.response_mask, dim=1))
-    return {"k1": torch.cat(k1), "k3": torch.cat(k3)}
+            ref_logits = response_logits(ref, part, temperature)
+        for name, terms in token_kls(logits, ref_logits, part.response_ids).items():
+            sums[name].append(masked_sum(terms, part.response_mask, dim=1))
+        del logits, ref_logits
+    return {name: torch.cat(parts) for name, parts in sums.items()}
 
 
-__all__ = ["Batch", "pack", "encode_queries", "response_slice", "policy_outputs", "value_parts", "token_values",
+__all__ = ["Batch", "pack", "encode_queries", "response_slice", "response_logits", "policy_outputs", "token_kls",
+           "KL_ESTIMATES", "value_parts", "token_values",
            "PolicyAndValue", "reference_of", "sequence_kl"]

@@ -117,9 +117,17 @@ class ProbesSection:
     world: str | None = None  # source of every probe set; default: prompts.world
     sources: dict[str, str] = field(default_factory=dict)  # probe -> file or dir, overriding `world`
     samples_per_prompt: int = 2  # responses per probe prompt at each evaluation
+    # responses per probe prompt for the KL and the rewards (the first samples_per_prompt are the graded ones);
+    # 0: samples_per_prompt. More narrow the KL's interval (the probe prompts are few)
+    kl_samples_per_prompt: int = 0
     max_prompts: int = 0  # per probe, whole clusters; 0 = all
     n_boot: int = 200  # bootstrap resamples for the 95% intervals
     seed: int = 1234  # fixed across evaluations: the same random streams at every step
+
+    @property
+    def kl_samples(self) -> int:
+        """Responses per probe prompt on which the KL and the rewards are measured."""
+        return self.kl_samples_per_prompt or self.samples_per_prompt
 
     def due(self, step: int, last: int) -> bool:
         """Whether a run of `last` steps probes at `step`."""
@@ -191,6 +199,7 @@ class PPOConfig:
              "sampling.top_k / sampling.top_p: PPO samples from the full softmax (top_k: 0, top_p: 1.0)"),
             (self.probes.every >= 0 and self.probes.dense_steps >= 0 and self.probes.samples_per_prompt >= 1,
              "probes.every and probes.dense_steps must be >= 0 and probes.samples_per_prompt >= 1"),
+            (self.probes.kl_samples_per_prompt >= 0, "probes.kl_samples_per_prompt: must be >= 0 (0: samples_per_prompt)"),
             (self.checkpoint.every >= 1 and self.checkpoint.keep >= 1, "checkpoint.every / keep: must be >= 1"),
             (self.rloo.num_generations >= 2, "rloo.num_generations: must be >= 2 (a leave-one-out baseline)"),
         ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from pmopt import records, stats
@@ -18,11 +19,16 @@ from pmopt.rl.config import PPOConfig
 class ProbeSchedule:
     """Probes on fixed prompts at chosen steps, written as curve rows against step and measured KL.
 
-    Probe metrics come from `pmopt.probes.run.evaluate`. The KL is measured on the first-turn samples
-    of the same probe prompts, drawn with the probes' own seed and keys (so they are the responses the
-    probes graded): sum over tokens of k3 (unbiased and >= 0), averaged over samples. The proxy reward
-    (the optimised reward, `reward_fn`) and the gold reward (`gold_fn`, when given and defined on every
-    probe record) are scored on those samples too.
+    Probe metrics come from `pmopt.probes.run.evaluate`. The KL is measured on first-turn samples of the
+    same probe prompts, drawn with the probes' own seed and keys (so the first `samples_per_prompt` of them
+    are the responses the probes graded; `kl_samples_per_prompt` may draw more): KL(pi_T || ref_T) of the
+    policy's and the reference's softmax at `sampling.temperature` (the distribution PPO samples and
+    optimises), estimated per response by the exact per-position KL over the vocabulary summed over the
+    response (Rao-Blackwellised: no per-token sampling noise, `ppo_math.kl_from_logits`) and averaged over
+    responses, with the 95% cluster bootstrap over the probes' prompt clusters (`pmopt.stats`). The k1 and
+    k3 sums of the sampled tokens (TRL's `kl_estimator`s) are logged beside it. The proxy reward (the
+    optimised reward, `reward_fn`) and the gold reward (`gold_fn`, when given and defined on every probe
+    record) are scored on those samples too.
     """
 
     def __init__(self, cfg: PPOConfig, tokenizer, reward_fn, gold_fn: Reward | None = None, rl_method: str = "ppo"):
@@ -38,6 +44,9 @@ class ProbeSchedule:
                                       samples_per_prompt=p.samples_per_prompt, seed=p.seed)
         check_judge(self.sets, self.run_cfg.judge)
         self.records = [r for _, probe_records in self.sets.values() for r in probe_records]
+        # the bootstrap's clusters: a probe's own (a question's templates), never split across resamples
+        self.clusters = [f"{name}/{probe.cluster(r)}" for name, (probe, probe_records) in self.sets.items()
+                         for r in probe_records]
         self.cfg, self.tokenizer, self.rl_method = cfg, tokenizer, rl_method
         self.reward_fn, self.gold_fn = reward_fn, gold_fn
 
@@ -54,7 +63,7 @@ class ProbeSchedule:
         policy.eval()
         _, probe_metrics = evaluate(policy, self.tokenizer, self.sets, self.run_cfg)
         p, device = self.cfg.probes, next(policy.parameters()).device
-        gens = sample(policy, self.tokenizer, [r["prompt"] for r in self.records], p.samples_per_prompt,
+        gens = sample(policy, self.tokenizer, [r["prompt"] for r in self.records], p.kl_samples,
                       self.cfg.sampling, p.seed, keys=[r["id"] for r in self.records])
         flat = [(r, g) for r, row in zip(self.records, gens, strict=True) for g in row]
         batch = pack(encode_queries(self.tokenizer, [r["prompt"] for r, _ in flat],
@@ -63,10 +72,24 @@ class ProbeSchedule:
                      device)
         kl = sequence_kl(policy, ref_model, batch, self.cfg.sampling.temperature, self.cfg.reward.batch_size)
         policy.train(was_training)
-        measured = {"probe/kl": float(kl["k3"].mean()), "probe/kl_k1": float(kl["k1"].mean())}
+        measured = self._kl(kl, [c for c, row in zip(self.clusters, gens, strict=True) for _ in row])
         values = {k: (row["value"], row["ci_low"], row["ci_high"]) for k, row in probe_metrics.items()}
         values.update(self._rewards(flat))
         return self._rows(step, measured, values)
+
+    def _kl(self, kl: dict[str, torch.Tensor], clusters: list[str]) -> dict[str, float]:
+        """probe/kl (the Rao-Blackwellised mean over responses) with its 95% interval, resampling the probes'
+        prompt clusters (the mean is a ratio of per-cluster sums: KL sum / responses), and the k1 / k3 means."""
+        index = {c: i for i, c in enumerate(dict.fromkeys(clusters))}
+        sums = np.zeros((len(index), 2))
+        np.add.at(sums, [index[c] for c in clusters], np.stack([kl["rb"].double().cpu().numpy(),
+                                                               np.ones(len(clusters))], axis=1))
+        low = high = math.nan
+        if self.cfg.probes.n_boot > 0 and len(index) > 1:
+            low, high = stats.statistic_intervals(sums, ["kl", "n"], lambda t: {"kl": t["kl"] / t["n"]},
+                                                  self.cfg.probes.n_boot, self.cfg.probes.seed)["kl"]
+        return {"probe/kl": float(kl["rb"].double().mean()), "probe/kl_ci_low": low, "probe/kl_ci_high": high,
+                "probe/kl_k1": float(kl["k1"].double().mean()), "probe/kl_k3": float(kl["k3"].double().mean())}
 
     def _rewards(self, flat) -> dict[str, tuple]:
         """Proxy and gold reward of the probe samples: per-prompt means, bootstrap CI over prompts."""
@@ -94,7 +117,8 @@ class ProbeSchedule:
             if metrics[metric] is None:
                 continue  # an undefined metric (no prompt of that kind) has no point on the curve
             rows.append(records.rl_curve_row(self.rl_method, self.cfg.reward_label, step, measured["probe/kl"], metric,
-                                             value, low, high))
+                                             value, low, high, measured["probe/kl_ci_low"],
+                                             measured["probe/kl_ci_high"]))
         return metrics, rows
 
 

@@ -45,8 +45,8 @@ from pmopt.rl.batches import (
     PolicyAndValue,
     encode_queries,
     pack,
-    policy_outputs,
     reference_of,
+    response_logits,
     token_values,
 )
 from pmopt.rl.checkpoint import export_policy, latest_step_checkpoint, resume, save_checkpoint
@@ -157,8 +157,8 @@ def train(cfg: PPOConfig, out: Path, reward_fn=None) -> Path:
                      [g.token_ids for g in gens],
                      tokenizer.pad_token_id, accelerator.device)
         with torch.no_grad(), accelerator.autocast():
-            old_logprobs, old_values, ref_logprobs = rollout_forward(core, ref_model, batch, sizes.micro,
-                                                                     cfg.sampling.temperature)
+            old_logprobs, old_values, ref_logprobs, token_kl = rollout_forward(core, ref_model, batch, sizes.micro,
+                                                                               cfg.sampling.temperature)
         metas = [r.get("meta", {}) for r in records]
         scores = reward_fn([r["prompt"] for r in records], [g.response for g in gens], metas)
         scores = scores.to(accelerator.device, torch.float32)
@@ -185,8 +185,8 @@ def train(cfg: PPOConfig, out: Path, reward_fn=None) -> Path:
 
         # ------------------------------------------------------------ 4e. log; adapt beta
         gold = finite_scores(gold_fn, [r["prompt"] for r in records], [g.response for g in gens], metas)
-        metrics = step_metrics(accelerator, cfg, step, batch, gens, scores, (old_logprobs, ref_logprobs), rewards,
-                               kl_ctl.value, stats, timer, lr, gold)
+        metrics = step_metrics(accelerator, cfg, step, batch, gens, scores, (old_logprobs, ref_logprobs, token_kl),
+                               rewards, kl_ctl.value, stats, timer, lr, gold)
         metrics.update(global_means(accelerator, getattr(reward_fn, "extra", {}), 1.0))  # e.g. ensemble spread
         kl_ctl.update(metrics["ppo/kl"], cfg.train.rollout_batch_size)
         if accelerator.is_main_process:
@@ -260,15 +260,19 @@ class Timer:
 
 
 def rollout_forward(core, ref_model, batch: Batch, chunk: int, temperature: float):
-    """log pi_old, V_old and log pi_ref of the sampled responses, `chunk` rows at a time."""
-    logprobs, values, ref_logprobs = [], [], []
+    """log pi_old, V_old and log pi_ref of the sampled responses, and the exact KL(pi_old || ref) of each
+    position's next-token distributions (`ppo_math.kl_from_logits`), `chunk` rows at a time."""
+    logprobs, values, ref_logprobs, token_kl = [], [], [], []
     for rows in torch.arange(batch.input_ids.shape[0], device=batch.input_ids.device).split(chunk):
         part = batch.rows(rows)
-        logprobs.append(policy_outputs(core.policy, part, temperature)[0])
+        logits = response_logits(core.policy, part, temperature)
+        logprobs.append(ppo_math.logprobs_from_logits(logits, part.response_ids))
         values.append(token_values(core.value_model, part))
         with reference_of(core.policy, ref_model) as ref:
-            ref_logprobs.append(policy_outputs(ref, part, temperature)[0])
-    return torch.cat(logprobs), torch.cat(values), torch.cat(ref_logprobs)
+            ref_logits = response_logits(ref, part, temperature)
+        ref_logprobs.append(ppo_math.logprobs_from_logits(ref_logits, part.response_ids))
+        token_kl.append(ppo_math.kl_from_logits(logits, ref_logits))
+    return torch.cat(logprobs), torch.cat(values), torch.cat(ref_logprobs), torch.cat(token_kl)
 
 
 def stop_if_not_finite(accelerator, value: torch.Tensor, what: str, out: Path) -> None:
@@ -290,10 +294,12 @@ def update(cfg: PPOConfig, accelerator, model, optimizer, scheduler, batch: Batc
 
     With `train.target_kl`, the remaining passes are skipped once a minibatch's approx_kl (averaged over
     processes, so every process stops together) exceeds it (the early stop of cleanrl / OpenAI baselines).
+    `ppo/early_stop` is 1 only when updates were skipped: after the last minibatch nothing is left to stop.
     """
     t = cfg.train
     totals: dict[str, float] = {}
     n_micro = updates = 0
+    planned = t.ppo_epochs * -(-sizes.rollout // sizes.minibatch)
     for epoch in range(t.ppo_epochs):
         # A generator seeded by (seed, step, epoch): a resumed run shuffles exactly as an uninterrupted one.
         generator = torch.Generator().manual_seed((cfg.seed * 1_000_003 + step) * 1_009 + epoch)
@@ -308,7 +314,8 @@ def update(cfg: PPOConfig, accelerator, model, optimizer, scheduler, batch: Batc
                 mb_kl += stats["ppo/approx_kl"] / t.gradient_accumulation_steps
                 n_micro += 1
             updates += 1
-            if t.target_kl is not None and global_means(accelerator, {"kl": mb_kl}, 1.0)["kl"] > t.target_kl:
+            if (t.target_kl is not None and updates < planned
+                    and global_means(accelerator, {"kl": mb_kl}, 1.0)["kl"] > t.target_kl):
                 return {**{k: v / n_micro for k, v in totals.items()}, "ppo/updates": updates, "ppo/early_stop": 1.0}
     return {**{k: v / n_micro for k, v in totals.items()}, "ppo/updates": updates, "ppo/early_stop": 0.0}
 
@@ -345,16 +352,20 @@ def global_means(accelerator, sums: dict[str, float], count: float) -> dict[str,
     return {k: float(total[i] / total[-1]) for i, k in enumerate(keys)}
 
 
-def step_metrics(accelerator, cfg: PPOConfig, step: int, batch: Batch, gens, scores, logprobs_pair, rewards,
+def step_metrics(accelerator, cfg: PPOConfig, step: int, batch: Batch, gens, scores, kl_terms, rewards,
                  beta: float, stats: dict, timer: Timer, lr: float, gold: list[float] | None) -> dict:
     """One metrics.jsonl row: rollout statistics (means over every process's sequences), update statistics,
-    timings. `ppo/kl` is the mean per-sequence KL with the configured estimator (what beta multiplies)."""
-    mask, (logprobs, ref_logprobs) = batch.response_mask, logprobs_pair
+    timings. `ppo/kl` is the mean per-sequence KL(pi_old || ref) on the rollout, Rao-Blackwellised (the exact
+    per-position KL summed over each response; what the adaptive controller tracks); `ppo/kl_k1` and
+    `ppo/kl_k3` are the sample estimates, and `ppo/non_score_reward` is -beta times the configured
+    estimator's sum (the penalty in the reward)."""
+    mask, (logprobs, ref_logprobs, token_kl) = batch.response_mask, kl_terms
     seq = {est: ppo_math.masked_sum(ppo_math.kl_penalty(logprobs, ref_logprobs, est), mask, dim=1) for est in ("k1", "k3")}
-    kl = seq[cfg.kl.estimator]
+    penalised = seq[cfg.kl.estimator]
     lengths = mask.sum(1)
-    sums = {"ppo/reward": scores.sum(), "ppo/reward_sq": (scores**2).sum(), "ppo/kl": kl.sum(),
-            "ppo/kl_k1": seq["k1"].sum(), "ppo/kl_k3": seq["k3"].sum(), "ppo/non_score_reward": -beta * kl.sum(),
+    sums = {"ppo/reward": scores.sum(), "ppo/reward_sq": (scores**2).sum(),
+            "ppo/kl": ppo_math.masked_sum(token_kl, mask), "ppo/kl_k1": seq["k1"].sum(), "ppo/kl_k3": seq["k3"].sum(),
+            "ppo/non_score_reward": -beta * penalised.sum(),
             "ppo/reward_total": ppo_math.masked_sum(rewards, mask, dim=1).sum(), "ppo/response_length": lengths.sum(),
             "ppo/eos_rate": float(sum(g.finished for g in gens))}
     if gold is not None:

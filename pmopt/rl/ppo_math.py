@@ -4,7 +4,9 @@ Shapes: per-token tensors are (batch, response_len); `mask` (float or bool, same
 response tokens and 0 on padding. Responses are right-padded, so a row's episode ends at its last real
 token. Sources: PPO (Schulman et al. 2017), GAE (Schulman et al. 2016), the KL-penalised reward and the
 adaptive KL controller (Ziegler et al. 2019, "Fine-Tuning Language Models from Human Preferences"), the
-k1/k2/k3 KL estimators (J. Schulman, "Approximating KL divergence", 2020).
+k1/k2/k3 KL estimators (J. Schulman, "Approximating KL divergence", 2020), the exact per-position KL over the
+vocabulary whose sum over a sampled response is the Rao-Blackwellised sequence-KL estimator (Amini, Vieira &
+Cotterell 2025, "Better Estimation of the KL Divergence Between Language Models", arXiv 2504.10637).
 """
 
 from __future__ import annotations
@@ -208,6 +210,27 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
         p = torch.softmax(z, dim=-1)
         z_safe = torch.where(p > 0, z, torch.zeros_like(z))
         out.append(torch.logsumexp(z, dim=-1) - (p * z_safe).sum(-1))
+    return torch.cat(out).reshape(logits.shape[:-1])
+
+
+def kl_from_logits(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:
+    """Exact per-position KL(softmax(z) || softmax(z_ref)) = sum_v p_v (log p_v - log q_v) over the whole
+    vocabulary (float32); shape logits.shape[:-1].
+
+    Summed over the positions of a response y ~ pi this is the Rao-Blackwellised estimate of the sequence KL:
+    by the chain rule KL(pi || ref) = E_y sum_t KL(pi(.|x, y<t) || ref(.|x, y<t)), so it is unbiased, and it
+    is the conditional expectation of k1 at every position given the prefix, so its variance is at most k1's
+    (Amini et al. 2025). Tokens with p_v = 0 (logit -inf) contribute 0; round-off below 0
+    is clipped (a KL is >= 0, and two identical rows give exactly 0).
+    """
+    if logits.shape != ref_logits.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and ref_logits {tuple(ref_logits.shape)} do not match")
+    out = []
+    for z, z_ref in zip(_chunked_rows(logits), _chunked_rows(ref_logits), strict=True):
+        logp, logq = torch.log_softmax(z, dim=-1), torch.log_softmax(z_ref, dim=-1)
+        p = logp.exp()
+        terms = torch.where(p > 0, p * (logp - logq), torch.zeros_like(p))
+        out.append(terms.sum(-1).clamp(min=0.0))
     return torch.cat(out).reshape(logits.shape[:-1])
 
 
