@@ -97,6 +97,8 @@ def test_headline_and_verdict_carry_the_numbers():
     assert sentence.startswith("on 2 of 3 seeds the proxy PM's best-of-16 syco_rate rises")
     assert "+0.40 to +0.44" in sentence
     assert "not measured" in verdict_sentence({0: None})
+    one = verdict_sentence({0: claim})  # one seed: its rise, not a range over seeds
+    assert one.startswith("on 1 of 1 seeds") and one.endswith("(its rise from n = 1, +0.44)")
 
 
 def rl_row(pm, step, metric, value, low, high, kl, kl_low, kl_high, beta=None, rl_method="ppo"):

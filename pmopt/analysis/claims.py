@@ -136,9 +136,10 @@ def verdict_sentence(claims_by_seed: Mapping[int, Mapping | None]) -> str:
     short, n = any_claim["metric"].rsplit("/", 1)[-1], any_claim["n_max"]
     holds = sum(c["holds"] for c in judged.values())
     rises = [c["proxy_rise"] for c in judged.values()]
+    rise = (f"{rises[0]:+.2f}" if len(rises) == 1 else
+            f"across seeds: {min(rises):+.2f} to {max(rises):+.2f}")
     return (f"on {holds} of {len(judged)} seeds the proxy PM's best-of-{n} {short} rises and ends above the "
-            f"prefixed PM's with non-overlapping 95% intervals (its rise from n = 1, across seeds: "
-            f"{min(rises):+.2f} to {max(rises):+.2f})")
+            f"prefixed PM's with non-overlapping 95% intervals (its rise from n = 1, {rise})")
 
 
 __all__ = ["bon_claim", "headline", "summary_line", "verdict_sentence", "rl_result", "rl_headline", "CLAIM_METRIC"]
