@@ -13,7 +13,7 @@ import pytest
 from report_runs import PMS, build_run, read_claims
 
 from pmopt.io import PmoptError, atomic_write_json
-from pmopt.report.browser import check_page, find_chromium
+from pmopt.report.browser import Chromium, check_page, find_chromium
 from pmopt.report.html import build_report
 from pmopt.report.key_result import claim_sentences, key_sentences
 from pmopt.report.plots import ENSEMBLE_LINE_WIDTH, FAMILY_SHADES, pm_styles
@@ -82,6 +82,20 @@ def test_chromium_check_sees_broken_images_errors_and_a_buried_answer(tmp_path):
 
 
 # ----------------------------------------------------------------------------- the page's content
+
+
+def test_chromium_leaves_no_process_and_no_profile():
+    """Chromium's helper processes outlive the browser (six of them, here) and keep writing its profile; closing
+    ends the whole process group and removes the profile, every time."""
+    require_chromium()
+    for _ in range(3):
+        with Chromium() as browser:
+            browser.send("Runtime.evaluate", expression="1 + 1")
+            profile, group = browser._profile, browser._process.pid
+            assert os.getpgid(group) == group  # the browser leads its own group, which its helpers join
+        assert not profile.exists()
+        with pytest.raises(ProcessLookupError):
+            os.killpg(group, 0)
 
 
 def test_page_order_size_and_figures(report):

@@ -15,6 +15,7 @@ import itertools
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -67,6 +68,31 @@ class PageCheck:
         return [i["alt"] for i in self.images if not i["complete"] or i["naturalWidth"] <= 0]
 
 
+def end_process_group(pgid: int, timeout_s: float = 5.0) -> None:
+    """SIGKILL every process left in group `pgid` and wait until none is left (or `timeout_s` passes)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            return  # the group is empty
+        time.sleep(0.05)
+
+
+def remove_tree(path: Path, attempts: int = 20) -> None:
+    """`shutil.rmtree`, retried while a process that is exiting still writes into the tree."""
+    for attempt in range(attempts):
+        try:
+            shutil.rmtree(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.1)
+
+
 class Chromium:
     """A headless Chromium with one page, driven over the DevTools protocol; use as a context manager."""
 
@@ -79,8 +105,10 @@ class Chromium:
         self.events: list[dict] = []
 
     def __enter__(self) -> Chromium:
-        self._profile = tempfile.TemporaryDirectory(prefix="pmopt-chromium-")
-        self._process = subprocess.Popen(self._command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self._profile = Path(tempfile.mkdtemp(prefix="pmopt-chromium-"))
+        # its own session: Chromium's helper processes share its process group, so one signal ends them all
+        self._process = subprocess.Popen(self._command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                         start_new_session=True)
         try:
             self._connect()
         except BaseException:
@@ -97,13 +125,16 @@ class Chromium:
         except subprocess.TimeoutExpired:
             self._process.kill()
             self._process.wait()
-        self._profile.cleanup()
+        # helpers (crashpad, utility processes) can outlive the browser and still be writing the profile, which
+        # then cannot be removed ('Directory not empty'): end them, then remove it
+        end_process_group(self._process.pid)
+        remove_tree(self._profile)
 
     def _command(self) -> list[str]:
         width, height = self.viewport
         command = [self.executable, "--headless=new", "--disable-gpu", "--no-first-run", "--no-default-browser-check",
                    "--disable-extensions", "--remote-debugging-port=0", "--remote-allow-origins=*",
-                   f"--user-data-dir={self._profile.name}", f"--window-size={width},{height}", "about:blank"]
+                   f"--user-data-dir={self._profile}", f"--window-size={width},{height}", "about:blank"]
         if hasattr(os, "geteuid") and os.geteuid() == 0:
             command.insert(1, "--no-sandbox")  # Chromium refuses to run its sandbox as root (containers, CI)
         return command
@@ -111,7 +142,7 @@ class Chromium:
     def _connect(self) -> None:
         import websocket  # websocket-client, a dev dependency
 
-        port_file = Path(self._profile.name) / "DevToolsActivePort"
+        port_file = self._profile / "DevToolsActivePort"
         deadline = time.monotonic() + START_TIMEOUT_S
         while not (port_file.is_file() and port_file.read_text().strip()):
             if self._process.poll() is not None or time.monotonic() > deadline:
