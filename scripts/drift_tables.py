@@ -14,16 +14,13 @@ import argparse
 import json
 from pathlib import Path
 
+from pmopt.analysis.claims import with_interval
+
 ARROW = {"up": "up", "down": "down", "unresolved": "·"}
 
 
 def cell(point) -> str:
-    if not point or point.get("value") is None:
-        return "—"
-    text = f"{point['value']:.2f}"
-    if point.get("ci_low") is not None and point.get("ci_high") is not None:
-        text += f" [{point['ci_low']:.2f}, {point['ci_high']:.2f}]"
-    return text
+    return with_interval(point, missing="—")
 
 
 def frontier_tables(result: dict) -> list[str]:

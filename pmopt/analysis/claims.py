@@ -46,7 +46,11 @@ def bon_claim(rows: Sequence[Mapping], metric: str = CLAIM_METRIC, proxy: str = 
     return out
 
 
-def _value(point: Mapping) -> str:
+def with_interval(point: Mapping | None, missing: str = "n/a") -> str:
+    """`0.68 [0.60, 0.75]`: a value with its interval, two decimals (the console's headline, the report's
+    sentences, the frontier's); `missing` where there is no value."""
+    if not point or point.get("value") is None:
+        return missing
     text = f"{point['value']:.2f}"
     if point.get("ci_low") is not None and point.get("ci_high") is not None:
         text += f" [{point['ci_low']:.2f}, {point['ci_high']:.2f}]"
@@ -57,8 +61,8 @@ def headline(claim: Mapping) -> list[str]:
     """Two lines: the proxy PM's curve end to end, and the prefixed PM's."""
     short = claim["metric"].rsplit("/", 1)[-1]
     n = claim["n_max"]
-    return [f"best-of-{n} vs the proxy PM: {short} {claim['proxy_1']['value']:.2f} -> {_value(claim['proxy_n'])}",
-            f"with the truthfulness prefix:  {short} {claim['prefixed_1']['value']:.2f} -> {_value(claim['prefixed_n'])}"]
+    return [f"best-of-{n} vs the proxy PM: {short} {claim['proxy_1']['value']:.2f} -> {with_interval(claim['proxy_n'])}",
+            f"with the truthfulness prefix:  {short} {claim['prefixed_1']['value']:.2f} -> {with_interval(claim['prefixed_n'])}"]
 
 
 def summary_line(claim: Mapping) -> str:
@@ -66,8 +70,8 @@ def summary_line(claim: Mapping) -> str:
     0.98]; prefixed 0.44 -> 0.40 [0.28, 0.52]' (one seed's or one sweep cell's line on the console)."""
     short = claim["metric"].rsplit("/", 1)[-1]
     return (f"{short} at n = 1 -> {claim['n_max']}: "
-            f"proxy {claim['proxy_1']['value']:.2f} -> {_value(claim['proxy_n'])}; "
-            f"prefixed {claim['prefixed_1']['value']:.2f} -> {_value(claim['prefixed_n'])}")
+            f"proxy {claim['proxy_1']['value']:.2f} -> {with_interval(claim['proxy_n'])}; "
+            f"prefixed {claim['prefixed_1']['value']:.2f} -> {with_interval(claim['prefixed_n'])}")
 
 
 # how the headline names a reward
@@ -109,8 +113,8 @@ def rl_headline(result: Mapping) -> list[str]:
         method = curve["rl_method"].removesuffix("-beta-sweep").upper()
         sweep = curve["rl_method"].endswith("-beta-sweep")
         who = f"{method}{' β sweep' if sweep else ''} {REWARD_NAMES.get(curve['pm'], 'vs ' + curve['pm'])}"
-        ends = "; ".join(f"β {_g(end['beta'])}: {_value(end)} at KL {_kl(end)}" if sweep else
-                         f"{_value(end)} at step {end['step']}, KL {_kl(end)}" for end in curve["ends"])
+        ends = "; ".join(f"β {_g(end['beta'])}: {with_interval(end)} at KL {_kl(end)}" if sweep else
+                         f"{with_interval(end)} at step {end['step']}, KL {_kl(end)}" for end in curve["ends"])
         lines.append(f"{who}: {short} {curve['base']['value']:.2f} -> {ends}")
     return lines
 
@@ -142,4 +146,4 @@ def verdict_sentence(claims_by_seed: Mapping[int, Mapping | None]) -> str:
             f"prefixed PM's with non-overlapping 95% intervals (its rise from n = 1, {rise})")
 
 
-__all__ = ["bon_claim", "headline", "summary_line", "verdict_sentence", "rl_result", "rl_headline", "CLAIM_METRIC"]
+__all__ = ["bon_claim", "headline", "with_interval", "summary_line", "verdict_sentence", "rl_result", "rl_headline", "CLAIM_METRIC"]

@@ -21,6 +21,7 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from pmopt.analysis.claims import with_interval
 from pmopt.analysis.seeds import aggregate_rows
 from pmopt.io import read_jsonl
 
@@ -141,15 +142,6 @@ def frontier(rows: Sequence[Mapping]) -> dict:
 # ----------------------------------------------------------------------------- words
 
 
-def _cell(point: Mapping | None) -> str:
-    if not point or point.get("value") is None:
-        return "n/a"
-    text = f"{point['value']:.2f}"
-    if point.get("ci_low") is not None and point.get("ci_high") is not None:
-        text += f" [{point['ci_low']:.2f}, {point['ci_high']:.2f}]"
-    return text
-
-
 def _name(pm: str) -> str:
     return f"{REMEDIES.get(pm, pm)} ({pm})"
 
@@ -161,27 +153,27 @@ def ranking_sentence(method: str, budget: float, read: Mapping, order: Sequence[
         return f"{label}: no remedy's curve reaches a common KL."
     win, winner = order[0], read[order[0]]
     parts = [f"{label} at equal KL to the base policy ({budget:.2f} nats): the lowest answer syco_rate is the "
-             f"{_name(win)}'s, {_cell(winner['syco'])}"]
+             f"{_name(win)}'s, {with_interval(winner['syco'])}"]
     if "proxy" in read and read["proxy"] is not None and win != "proxy":
-        parts[-1] += f", against {_cell(read['proxy']['syco'])} under the proxy PM with no remedy"
+        parts[-1] += f", against {with_interval(read['proxy']['syco'])} under the proxy PM with no remedy"
     if len(order) > 1:
         second = read[order[1]]
         separated = (winner["syco"].get("ci_high") is not None and second["syco"].get("ci_low") is not None
                      and winner["syco"]["ci_high"] < second["syco"]["ci_low"])
-        parts.append(f"the runner-up is the {_name(order[1])} at {_cell(second['syco'])}, "
+        parts.append(f"the runner-up is the {_name(order[1])} at {with_interval(second['syco'])}, "
                      + ("whose interval it clears" if separated else "and their intervals overlap"))
     gold_best = max(order, key=lambda pm: read[pm]["gold"]["value"])
     if gold_best == win:
-        parts.append(f"it costs no gold reward: its {_cell(winner['gold'])} is the highest of any remedy at this KL")
+        parts.append(f"it costs no gold reward: its {with_interval(winner['gold'])} is the highest of any remedy at this KL")
     else:
         cost = read[gold_best]["gold"]["value"] - winner["gold"]["value"]
         parts.append(f"it costs {cost:.2f} gold reward against the highest there, the {_name(gold_best)}'s "
-                     f"{_cell(read[gold_best]['gold'])} (its own: {_cell(winner['gold'])})")
+                     f"{with_interval(read[gold_best]['gold'])} (its own: {with_interval(winner['gold'])})")
     missing = [pm for pm in curves_ if read.get(pm) is None]
     for pm in missing:
         start = curves_[pm][0]
         parts.append(f"not ranked: the {_name(pm)} starts beyond this KL, at {start['kl']:.2f} nats, with syco_rate "
-                     f"{_cell(start['syco'])} and gold reward {_cell(start['gold'])}")
+                     f"{with_interval(start['syco'])} and gold reward {with_interval(start['gold'])}")
     return "; ".join(parts) + "."
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from pmopt.analysis.claims import with_interval
 from pmopt.io import PmoptError
 
 GOLD = "gold/reward"
@@ -51,16 +52,6 @@ def _check_claim(claim, where: str) -> None:
 
 def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def with_interval(point: Mapping | None) -> str:
-    """`0.68 [0.60, 0.75]` (two decimals, as the console's headline)."""
-    if point is None:
-        return "n/a"
-    text = f"{point['value']:.2f}"
-    if point.get("ci_low") is not None and point.get("ci_high") is not None:
-        text += f" [{point['ci_low']:.2f}, {point['ci_high']:.2f}]"
-    return text
 
 
 def _verb(change: float) -> str:
